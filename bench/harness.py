@@ -1,0 +1,75 @@
+"""Shared pieces of the benchmarks: Django set up on a throwaway database, timing, and result tables."""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DATABASE = "bench_modelgate"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[object]]
+    notes: list[str] = field(default_factory=list)
+    command: str = "make bench"
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in self.rows]
+        lines += [""] + [f"- {note}" for note in self.notes] + [f"- Reproduce: `{self.command}`", ""]
+        return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def setup_django() -> None:
+    sys.path.insert(0, str(ROOT / "platform"))
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("MODELGATE_LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[None]:
+    """A fresh, migrated database of its own, so that benchmarks never touch real data."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test.utils import setup_test_environment, teardown_test_environment
+
+    settings.DATABASES["default"]["TEST"]["NAME"] = BENCH_DATABASE
+    setup_test_environment()
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    try:
+        yield
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+        teardown_test_environment()
+
+
+def median_rate(action: Callable[[], object], *, count: int, rounds: int) -> tuple[float, float]:
+    """Median operations per second over `rounds`, and the median latency of one operation in ms."""
+    rates, latencies = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(count):
+            t0 = time.perf_counter()
+            action()
+            latencies.append(time.perf_counter() - t0)
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates), statistics.median(latencies) * 1000

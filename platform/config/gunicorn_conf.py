@@ -1,0 +1,27 @@
+"""gunicorn settings for `manage.py serve`: threads share one model pool, so requests batch together."""
+
+worker_class = "gthread"
+# Inference can take a while; the router enforces its own per-request timeouts below this.
+timeout = 300
+graceful_timeout = 30
+keepalive = 5
+accesslog = None  # config.middleware logs one JSON line per request, with tenant and latency
+errorlog = "-"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+        }
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
+# Several servers (a test run beside `make run`) must not fight over one control socket.
+control_socket_disable = True

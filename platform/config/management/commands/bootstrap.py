@@ -1,0 +1,47 @@
+"""First-run setup: an operator account and a demo tenant with a key, each created only once."""
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from tenants import services
+from tenants.models import Tenant
+
+DEMO_TENANT = "demo"
+
+
+class Command(BaseCommand):
+    help = "Create the operator account and the demo tenant if they do not exist yet."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+
+    @transaction.atomic
+    def handle(self, *args: Any, base_url: str, **options: Any) -> None:
+        base_url = base_url.rstrip("/")
+        User = get_user_model()
+        if not User.objects.filter(is_superuser=True).exists():
+            username = os.environ.get("MODELGATE_ADMIN_USER") or "admin"
+            password = os.environ.get("MODELGATE_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+            User.objects.create_superuser(username=username, email="", password=password)
+            self.stdout.write(self.style.SUCCESS("Operator account created (shown once):"))
+            self.stdout.write(f"  admin:    {base_url}/admin/")
+            self.stdout.write(f"  user:     {username}")
+            self.stdout.write(f"  password: {password}")
+        else:
+            self.stdout.write(f"Operator account exists; admin at {base_url}/admin/")
+
+        if Tenant.objects.filter(slug=DEMO_TENANT).exists():
+            self.stdout.write(f"Demo tenant '{DEMO_TENANT}' exists; issue more keys with: manage.py keys create {DEMO_TENANT}")
+            return
+        tenant = services.create_tenant(slug=DEMO_TENANT, name="Demo tenant")
+        _, plaintext = services.issue_api_key(tenant=tenant, name="demo")
+        self.stdout.write(self.style.SUCCESS(f"Demo tenant '{DEMO_TENANT}' created with an API key (shown once):"))
+        self.stdout.write(f"  key:  {plaintext}")
+        self.stdout.write(f"  try:  curl -H 'Authorization: Bearer {plaintext}' {base_url}/v1/me")
+        self.stdout.write(f"  docs: {base_url}/api/docs/")

@@ -1,0 +1,230 @@
+"""Modelgate settings: everything configurable comes from the environment, read strictly."""
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from config.db import configure_database
+from config.env import env_bool, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+DATA_DIR = env_path("MODELGATE_DATA_DIR", BASE_DIR / ".data")
+PGDATA = env_path("MODELGATE_PGDATA", BASE_DIR / ".pgdata")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    from_env = env_str("SECRET_KEY")
+    if from_env:
+        if len(from_env) < 32:
+            raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long.")
+        return from_env
+    # Generated once per data directory and kept out of the repository (.data/ is ignored).
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets.token_urlsafe(50))
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("MODELGATE_CSRF_TRUSTED_ORIGINS", [])
+if env_bool("MODELGATE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "config.apps.PlatformConfig",
+    "tenants",
+    "registry",
+    "embeddings",
+    "inference",
+    "routing",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "config.middleware.RequestIdMiddleware",
+    "config.middleware.RequestSizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASE_CHOICE = configure_database(
+    url=env_str("DATABASE_URL"),
+    pgdata=PGDATA,
+    conn_max_age=env_int("MODELGATE_DB_CONN_MAX_AGE", 60, min_value=0),
+    connect_timeout=env_int("MODELGATE_DB_CONNECT_TIMEOUT", 10, min_value=1, max_value=300),
+)
+DATABASES = {"default": DATABASE_CHOICE.settings}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache and background work --------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"REDIS_URL must start with redis://, rediss:// or unix://; got {REDIS_URL!r}.")
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    # The database cache is shared by every process and machine on this database, unlike locmem.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "modelgate_cache",
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    }
+
+_Q_TIMEOUT = env_int("MODELGATE_Q_TIMEOUT", 600, min_value=10)
+Q_CLUSTER = {
+    "name": "modelgate",
+    "workers": env_int("MODELGATE_Q_WORKERS", 2, min_value=1, max_value=64),
+    "timeout": _Q_TIMEOUT,
+    # A task is handed out again only after it surely timed out.
+    "retry": _Q_TIMEOUT + 60,
+    "max_attempts": 3,
+    "save_limit": 1000,
+    "catch_up": False,
+    "label": "Background tasks",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Auth, i18n, static ---------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+# Serve admin and API-docs assets straight from the installed apps: no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+# --- Serving (`make run`) -------------------------------------------------------------------
+MODELGATE_BIND = env_str("MODELGATE_BIND", "127.0.0.1:8000")
+if not re.match(r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$", MODELGATE_BIND):
+    raise ImproperlyConfigured(f"MODELGATE_BIND must be host:port; got {MODELGATE_BIND!r}.")
+MODELGATE_WEB_WORKERS = env_int("MODELGATE_WEB_WORKERS", 1, min_value=1, max_value=64)
+# Threads of one worker share its model pool, which is what lets concurrent requests batch.
+MODELGATE_WEB_THREADS = env_int("MODELGATE_WEB_THREADS", 8, min_value=1, max_value=256)
+
+# --- Limits ---------------------------------------------------------------------------------
+MODELGATE_MAX_REQUEST_BYTES = env_int(
+    "MODELGATE_MAX_REQUEST_BYTES", 25 * 1024 * 1024, min_value=1024, max_value=1024**3
+)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MODELGATE_MAX_REQUEST_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Keys touch last_used_at at most this often, so that a busy key costs no write per request.
+MODELGATE_KEY_LAST_USED_RESOLUTION = 60
+
+# --- API ------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.authentication.TenantScopePermission"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Modelgate API",
+    "DESCRIPTION": "Multi-tenant inference gateway: local open models first, premium APIs when needed.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "mg_<prefix>_<secret>"}
+        }
+    },
+    "SECURITY": [{"ApiKey": []}],
+}
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = env_str(
+    "MODELGATE_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+)
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "config.logs.RequestIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]}
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Requests are logged once by our access log middleware, with tenant and latency.
+        "django.server": {"level": "WARNING"},
+        "django.request": {"level": "ERROR"},
+        "pgserver": {"level": "WARNING"},
+    },
+}

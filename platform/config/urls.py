@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config import views
+
+admin.site.site_header = "Modelgate operations"
+admin.site.site_title = "Modelgate"
+admin.site.index_title = "Tenants, models, routing and budgets"
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("health", views.health, name="health"),
+    path("ready", views.ready, name="ready"),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("v1/", include("tenants.urls")),
+]
+
+handler400 = "config.errors.handler400"
+handler403 = "config.errors.handler403"
+handler404 = "config.errors.handler404"
+handler500 = "config.errors.handler500"

@@ -1,0 +1,72 @@
+"""The base every test builds on: tenant A with a full key and a narrower one, and tenant B who must see nothing of A."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tenants import services
+from tenants.models import ApiKey, Scope, Tenant
+
+
+@dataclass
+class Caller:
+    tenant: Tenant
+    key: ApiKey
+    secret: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.secret}"}
+
+
+def make_caller(tenant: Tenant, name: str, scopes: list[str] | None = None) -> Caller:
+    key, secret = services.issue_api_key(tenant=tenant, name=name, scopes=scopes)
+    return Caller(tenant=tenant, key=key, secret=secret)
+
+
+@pytest.fixture
+def tenant_a(db) -> Tenant:
+    return services.create_tenant(slug="alpha", name="Alpha Corp")
+
+
+@pytest.fixture
+def tenant_b(db) -> Tenant:
+    return services.create_tenant(slug="bravo", name="Bravo Ltd")
+
+
+@pytest.fixture
+def alice(tenant_a: Tenant) -> Caller:
+    """Tenant A, every scope."""
+    return make_caller(tenant_a, "alice")
+
+
+@pytest.fixture
+def alice_limited(tenant_a: Tenant) -> Caller:
+    """Tenant A again, a key that may only chat."""
+    return make_caller(tenant_a, "alice-chat-only", scopes=[Scope.CHAT])
+
+
+@pytest.fixture
+def bob(tenant_b: Tenant) -> Caller:
+    """Tenant B, every scope: must never see A's data."""
+    return make_caller(tenant_b, "bob")
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Leave the machine as we found it: stop the embedded server if this test run started it.
+    choice = getattr(settings, "DATABASE_CHOICE", None)
+    if choice is not None and choice.embedded and choice.started_here:
+        from django.db import connections
+
+        from config.db import stop_embedded
+
+        connections.close_all()
+        stop_embedded(settings.PGDATA)
