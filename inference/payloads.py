@@ -1,0 +1,153 @@
+"""The inputs and outputs of each task: plain dataclasses, one item per caller in a batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Task:
+    TRANSLATION = "translation"
+    LANGUAGE_ID = "language_id"
+    CLASSIFICATION = "classification"
+    EMBEDDINGS = "embeddings"
+    RERANK = "rerank"
+    SPEECH = "speech"
+    INTENT = "intent"
+    GENERATION = "generation"
+
+    ALL = (TRANSLATION, LANGUAGE_ID, CLASSIFICATION, EMBEDDINGS, RERANK, SPEECH, INTENT, GENERATION)
+
+
+# --- translation ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TranslationInput:
+    text: str
+    target: str  # any accepted code: "fr", "fra_Latn"
+    source: str | None = None  # detected by the caller when absent; some models need it
+
+
+@dataclass(frozen=True)
+class Translation:
+    text: str
+    source: str | None
+    target: str
+    score: float  # mean log-probability per generated token (<= 0); exp(score) is a confidence
+
+
+# --- language identification ---------------------------------------------------------------
+@dataclass(frozen=True)
+class LanguageIdInput:
+    text: str
+    top_k: int = 1
+
+
+@dataclass(frozen=True)
+class LanguageGuess:
+    language: str  # ISO 639-1 where one exists ("en"), else the model's code
+    probability: float
+
+
+# --- classification ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassificationInput:
+    text: str
+    labels: tuple[str, ...] | None = None  # zero-shot: candidate labels (or label descriptions)
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    scores: list[LabelScore]  # sorted, best first
+    predicted: list[str]  # single-label: [top]; multi-label: every label over its threshold
+    multi_label: bool = False
+
+    @property
+    def confidence(self) -> float:
+        return self.scores[0].score if self.scores else 0.0
+
+    @property
+    def margin(self) -> float:
+        """Top score minus the runner-up: small margins mean the model hesitated."""
+        if len(self.scores) < 2:
+            return self.confidence
+        return self.scores[0].score - self.scores[1].score
+
+
+# --- embeddings and rerank -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Embedding:
+    vector: np.ndarray  # float32, L2-normalised
+    tokens: int
+
+
+@dataclass(frozen=True)
+class RerankInput:
+    query: str
+    documents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    scores: list[float]  # one per document, in input order
+
+
+# --- speech --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AudioInput:
+    samples: np.ndarray  # mono float32 at 16 kHz (see inference.audio.decode_audio)
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    language: str | None
+    language_probability: float | None
+    duration: float
+    avg_logprob: float  # duration-weighted over segments; Whisper's own confidence signal
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Intent:
+    transcription: Transcription
+    intent: str
+    confidence: float
+    top_k: list[LabelScore]
+
+
+# --- generation ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    finish_reason: str  # "stop" or "length"
