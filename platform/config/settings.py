@@ -153,6 +153,16 @@ STATIC_ROOT.mkdir(exist_ok=True)
 # Serve admin and API-docs assets straight from the installed apps: no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
+# --- Models ---------------------------------------------------------------------------------
+MODELGATE_MODEL_CACHE = env_path("MODELGATE_MODEL_CACHE", DATA_DIR / "models")
+MODELGATE_MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+# Extra directories models may be loaded from (besides the cache and installed model packages).
+MODELGATE_MODEL_ROOTS = env_list("MODELGATE_MODEL_ROOTS", [])
+# Soft cap on the weights one process keeps loaded; idle models are evicted least recently used first.
+MODELGATE_MODEL_MEMORY_MB = env_int("MODELGATE_MODEL_MEMORY_MB", 6144, min_value=64)
+MODELGATE_AUDIO_MAX_SECONDS = env_int("MODELGATE_AUDIO_MAX_SECONDS", 600, min_value=1, max_value=4 * 3600)
+MODELGATE_BATCHING = env_bool("MODELGATE_BATCHING", True)
+
 # --- Serving (`make run`) -------------------------------------------------------------------
 MODELGATE_BIND = env_str("MODELGATE_BIND", "127.0.0.1:8000")
 if not re.match(r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$", MODELGATE_BIND):

@@ -1,0 +1,72 @@
+"""Embeddings with the packaged MiniLM, and reranking with a MiniLM-backed cross-encoder built here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.base import ModelConfig
+from inference.errors import InvalidInput, ModelLoadError
+from inference.payloads import RerankInput
+
+
+def test_embeddings_are_normalised_384_dimensional_with_token_counts(shared_pool, minilm_config):
+    results = shared_pool.infer_many(minilm_config, ["A cat sits on the mat.", "A kitten rests on a rug.", "Quarterly tax filing deadlines"])
+    vectors = np.stack([r.vector for r in results])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2  # meaning, not just characters
+    assert results[0].tokens == 9  # [CLS] a cat sits on the mat . [SEP]
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("  ", "empty"), (7, "must be a string"), ("x" * 40_000, "limit is 32768")])
+def test_bad_texts_are_refused(shared_pool, minilm_config, text, message):
+    with pytest.raises(InvalidInput, match=message):
+        shared_pool.infer(minilm_config, text)
+
+
+def test_missing_weights_fail_loudly(shared_pool, tmp_path):
+    config = ModelConfig(slug="ghost", task="embeddings", backend="sentence-transformers", path=tmp_path / "ghost")
+    with pytest.raises(ModelLoadError, match="weights not found"):
+        shared_pool.infer(config, "hello")
+
+
+def test_pickled_weights_are_refused(shared_pool, tmp_path):
+    (tmp_path / "modules.json").write_text("[]")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    config = ModelConfig(slug="pickled", task="embeddings", backend="sentence-transformers", path=tmp_path)
+    with pytest.raises(ModelLoadError, match="only pickled weights"):
+        shared_pool.infer(config, "hello")
+
+
+@pytest.fixture(scope="module")
+def reranker_config(tmp_path_factory, minilm_config):
+    from sentence_transformers import CrossEncoder
+
+    path = tmp_path_factory.mktemp("cross-encoder")
+    CrossEncoder(str(minilm_config.path), num_labels=1).save_pretrained(str(path))
+    return ModelConfig(slug="tiny-reranker", task="rerank", backend="cross-encoder", path=path)
+
+
+def test_rerank_scores_every_document_of_every_caller_in_order(shared_pool, reranker_config):
+    first = RerankInput(query="cats", documents=("a cat", "tax law", "kittens"))
+    second = RerankInput(query="money", documents=("bank", "river"))
+    futures = shared_pool.submit_many(reranker_config, [first, second])
+    one, two = (future.result(60) for future in futures)
+    assert len(one.scores) == 3 and len(two.scores) == 2
+    alone = shared_pool.infer(reranker_config, first)
+    assert np.allclose(alone.scores, one.scores, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (RerankInput(query="", documents=("a",)), "query is empty"),
+        (RerankInput(query="q", documents=()), "no documents"),
+        (RerankInput(query="q", documents=("ok", "")), "document 1 is empty"),
+        (RerankInput(query="q", documents=("d",) * 1001), "limit is 1000"),
+        ("just a string", "query and documents"),
+    ],
+)
+def test_bad_rerank_input_is_refused(shared_pool, reranker_config, item, message):
+    with pytest.raises(InvalidInput, match=message):
+        shared_pool.infer(reranker_config, item)
