@@ -33,6 +33,7 @@ class Translation:
     source: str | None
     target: str
     score: float  # mean log-probability per generated token (<= 0); exp(score) is a confidence
+    truncated: bool = False  # decoding stopped at the length limit before the sentence ended
 
 
 # --- language identification ---------------------------------------------------------------
