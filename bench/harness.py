@@ -73,3 +73,34 @@ def median_rate(action: Callable[[], object], *, count: int, rounds: int) -> tup
             latencies.append(time.perf_counter() - t0)
         rates.append(count / (time.perf_counter() - started))
     return statistics.median(rates), statistics.median(latencies) * 1000
+
+
+CORPUS_MODULES = [
+    "os", "json", "re", "collections", "itertools", "functools", "typing", "pathlib", "subprocess", "threading",
+    "asyncio", "email", "http.client", "urllib.request", "logging", "argparse", "datetime", "decimal", "statistics",
+    "unittest", "inspect", "textwrap", "difflib", "csv", "sqlite3", "xml.etree.ElementTree", "zipfile", "tarfile",
+    "shutil", "django.db.models", "django.http", "django.forms", "django.contrib.admin", "rest_framework.serializers",
+]
+
+
+def corpus(count: int, *, min_chars: int = 30, max_chars: int = 400) -> list[str]:
+    """Real English sentences from the docstrings of installed packages (stdlib, Django, DRF)."""
+    import importlib
+    import inspect
+    import re
+
+    sentences: list[str] = []
+    seen: set[str] = set()
+    for name in CORPUS_MODULES:
+        module = importlib.import_module(name)
+        for _, member in inspect.getmembers(module):
+            doc = inspect.getdoc(member) or ""
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+                if min_chars <= len(sentence) <= max_chars and sentence not in seen:
+                    seen.add(sentence)
+                    sentences.append(sentence)
+                    if len(sentences) >= count:
+                        return sentences
+    if len(sentences) < count:
+        raise RuntimeError(f"The corpus has {len(sentences)} sentences, fewer than the {count} asked for.")
+    return sentences

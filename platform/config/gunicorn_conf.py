@@ -25,3 +25,10 @@ logconfig_dict = {
 }
 # Several servers (a test run beside `make run`) must not fight over one control socket.
 control_socket_disable = True
+
+
+def post_worker_init(worker: object) -> None:
+    """Start loading the models marked `preload` while the worker already serves."""
+    from registry.services import preload_models
+
+    preload_models()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -21,6 +22,23 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
 
+    def _models(self) -> None:
+        """Register the packaged models; weights that need one-time work are prepared in the background."""
+        from django_q.tasks import async_task
+
+        from registry.models import ModelSpec
+        from registry.services import TRANSLATION_HINT, register_starter_pack
+
+        added = [slug for slug, outcome in register_starter_pack() if outcome == "registered"]
+        if added:
+            self.stdout.write(f"Registered the starter models: {', '.join(added)}")
+        pending = [spec for spec in ModelSpec.objects.exclude(prepare="") if not Path(spec.local_path).exists()]
+        for spec in pending:
+            transaction.on_commit(lambda spec_id=spec.pk: async_task("registry.tasks.prepare_model", spec_id))
+        if pending:
+            self.stdout.write(f"Preparing in the background: {', '.join(s.slug for s in pending)}")
+        self.stdout.write(f"Translation: {TRANSLATION_HINT}")
+
     @transaction.atomic
     def handle(self, *args: Any, base_url: str, **options: Any) -> None:
         base_url = base_url.rstrip("/")
@@ -36,6 +54,7 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"Operator account exists; admin at {base_url}/admin/")
 
+        self._models()
         if Tenant.objects.filter(slug=DEMO_TENANT).exists():
             self.stdout.write(f"Demo tenant '{DEMO_TENANT}' exists; issue more keys with: manage.py keys create {DEMO_TENANT}")
             return

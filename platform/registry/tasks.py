@@ -1,0 +1,39 @@
+"""Background work for the registry (django-q2): daily hub update checks, one-time weight preparation."""
+from __future__ import annotations
+
+import logging
+
+from registry import services
+from registry.models import ModelSpec
+
+logger = logging.getLogger("modelgate.registry")
+
+SCHEDULES = {
+    # name: (function, schedule type, minutes between runs)
+    "registry: check hub updates": ("registry.tasks.check_hub_updates", "D", None),
+}
+
+
+def check_hub_updates() -> dict[str, str]:
+    """Flag newer hub revisions in the admin; never upgrade a model silently."""
+    specs = ModelSpec.objects.filter(source_kind=ModelSpec.SourceKind.HUB, enabled=True)
+    return {spec.slug: status for spec, status in services.check_for_updates(specs)}
+
+
+def prepare_model(spec_id: int) -> str:
+    """Assemble or convert a model's weights ahead of its first request."""
+    spec = ModelSpec.objects.filter(pk=spec_id).first()
+    if spec is None:
+        return "gone"
+    services.ensure_prepared(spec)
+    return "prepared"
+
+
+def ensure_schedules(**kwargs: object) -> None:
+    """Create the registry's schedules if missing (runs after every migrate; idempotent)."""
+    from django_q.models import Schedule
+
+    for name, (func, schedule_type, minutes) in SCHEDULES.items():
+        Schedule.objects.update_or_create(
+            name=name, defaults={"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}
+        )
