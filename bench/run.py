@@ -37,25 +37,50 @@ def main() -> int:
         return 1
 
     setup_django()
-    sections = []
+    output = ROOT / "BENCHMARKS.md"
+    sections = read_sections(output)
     with bench_database():
         for name in names:
             print(f"== {name}", flush=True)
             table = importlib.import_module(f"bench_{name}").run()
             print(table.markdown(), flush=True)
-            sections.append(table.markdown())
+            stamp = f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {machine()}."
+            sections[name] = f"{stamp}\n\n{table.markdown()}"
+            write_sections(output, sections)  # after each one: a later failure keeps earlier results
+    print(f"Wrote {output.relative_to(ROOT)}")
+    return 0
 
-    output = ROOT / "BENCHMARKS.md"
+
+MARKER = "<!-- bench:{} -->"
+
+
+def read_sections(path: Path) -> dict[str, str]:
+    """The benchmarks' sections as last written, so that running one keeps the others' numbers."""
+    if not path.exists():
+        return {}
+    sections, name, lines = {}, None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("<!-- bench:") and line.endswith(" -->"):
+            if name:
+                sections[name] = "\n".join(lines).strip()
+            name, lines = line.removeprefix("<!-- bench:").removesuffix(" -->"), []
+        elif name:
+            lines.append(line)
+    if name:
+        sections[name] = "\n".join(lines).strip()
+    return sections
+
+
+def write_sections(path: Path, sections: dict[str, str]) -> None:
     header = [
         "# Benchmarks",
         "",
-        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
-        "Numbers are medians of repeated runs; comparisons are measured side by side in one run.",
+        "Numbers are medians of repeated runs; every comparison is measured side by side in one run.",
+        "`make bench` runs them all; `make bench BENCH=<name>` one of them.",
         "",
     ]
-    output.write_text("\n".join(header + sections))
-    print(f"Wrote {output.relative_to(ROOT)}")
-    return 0
+    body = [f"{MARKER.format(name)}\n{sections[name]}\n" for name in sorted(sections)]
+    path.write_text("\n".join(header + body))
 
 
 if __name__ == "__main__":

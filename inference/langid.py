@@ -51,35 +51,38 @@ class FastTextLanguageId(Backend):
         if not labels or not all(label.startswith(LABEL_PREFIX) for label in labels):
             raise ModelLoadError(f"{self.config.slug}: {model_file.name} has no __label__ language labels.")
         self.languages = [label.removeprefix(LABEL_PREFIX) for label in labels]
+        self.max_characters = self.option("max_characters", 100_000)
+        self.max_top_k = self.option("max_top_k", 20)
 
     def validate(self, item: Any) -> LanguageIdInput:
         if isinstance(item, str):
             item = LanguageIdInput(text=item)
-        if not isinstance(item, LanguageIdInput) or not isinstance(item.text, str):
+        elif not isinstance(item, LanguageIdInput) or not isinstance(item.text, str):
             raise InvalidInput("Language identification takes text.")
-        if not item.text.strip():
+        text = item.text
+        if not text or text.isspace():
             raise InvalidInput("The text is empty.")
-        limit = self.option("max_characters", 100_000)
-        if len(item.text) > limit:
-            raise InvalidInput(f"The text has {len(item.text)} characters; the limit is {limit}.")
-        max_top_k = self.option("max_top_k", 20)
-        if not 1 <= item.top_k <= max_top_k:
-            raise InvalidInput(f"top_k must be between 1 and {max_top_k}.")
+        if len(text) > self.max_characters:
+            raise InvalidInput(f"The text has {len(text)} characters; the limit is {self.max_characters}.")
+        if not 1 <= item.top_k <= self.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {self.max_top_k}.")
         return item
 
     def infer(self, batch: list[LanguageIdInput]) -> list[list[LanguageGuess]]:
         self.require_loaded()
         # fastText predicts one line at a time: a newline inside a text would end it early.
-        texts = [" ".join(item.text.split()) for item in batch]
+        texts = [item.text.replace("\n", " ") if "\n" in item.text else item.text for item in batch]
         k = max(item.top_k for item in batch)
         labels, probabilities = self.model.predict(texts, k=k)
-        return [
-            [
-                LanguageGuess(language=label.removeprefix(LABEL_PREFIX), probability=float(min(1.0, probability)))
-                for label, probability in list(zip(item_labels, item_probabilities))[: item.top_k]
-            ]
-            for item, item_labels, item_probabilities in zip(batch, labels, probabilities)
-        ]
+        cut = len(LABEL_PREFIX)
+        results = []
+        for item, item_labels, item_probabilities in zip(batch, labels, probabilities):
+            # fastText's probabilities may exceed 1 by a rounding hair.
+            results.append([
+                LanguageGuess(label[cut:], min(1.0, float(probability)))
+                for label, probability in zip(item_labels[: item.top_k], item_probabilities[: item.top_k])
+            ])
+        return results
 
     def warmup_input(self) -> LanguageIdInput:
         return LanguageIdInput(text="Hello world")

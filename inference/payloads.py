@@ -37,13 +37,14 @@ class Translation:
 
 
 # --- language identification ---------------------------------------------------------------
-@dataclass(frozen=True)
+# Language ID runs tens of thousands of texts a second: slots keep the per-item objects cheap.
+@dataclass(frozen=True, slots=True)
 class LanguageIdInput:
     text: str
     top_k: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LanguageGuess:
     language: str  # ISO 639-1 where one exists ("en"), else the model's code
     probability: float
