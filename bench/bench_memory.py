@@ -64,7 +64,7 @@ def run() -> Table:
         title="Memory — one process holding the whole starter pack",
         columns=["model (load order)", "load s", "RSS added MB"],
         rows=rows,
-        notes=["A fresh child process loads every enabled local model of the starter pack into one pool; "
+        notes=["A fresh child process loads every enabled local model of the starter pack into one pool (a model loads its dependencies with it, which then show 0); "
                "the first torch-based model also pays for importing torch."],
         command="make bench BENCH=memory",
     )

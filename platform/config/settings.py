@@ -162,6 +162,8 @@ MODELGATE_MODEL_ROOTS = env_list("MODELGATE_MODEL_ROOTS", [])
 MODELGATE_MODEL_MEMORY_MB = env_int("MODELGATE_MODEL_MEMORY_MB", 6144, min_value=64)
 MODELGATE_AUDIO_MAX_SECONDS = env_int("MODELGATE_AUDIO_MAX_SECONDS", 600, min_value=1, max_value=4 * 3600)
 MODELGATE_BATCHING = env_bool("MODELGATE_BATCHING", True)
+# Convert/assemble starter weights in the background at start, rather than on their first request.
+MODELGATE_PREPARE_MODELS_ON_START = env_bool("MODELGATE_PREPARE_MODELS_ON_START", True)
 
 # --- Serving (`make run`) -------------------------------------------------------------------
 MODELGATE_BIND = env_str("MODELGATE_BIND", "127.0.0.1:8000")

@@ -34,7 +34,11 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "The API key is malformed: expected mg_<prefix>_<secret>.", code="malformed_api_key"
             )
-        key = ApiKey.objects.select_related("tenant").filter(prefix=match["prefix"]).first()
+        try:
+            # get(), not first(): no ORDER BY, and the prefix is unique.
+            key = ApiKey.objects.select_related("tenant").get(prefix=match["prefix"])
+        except ApiKey.DoesNotExist:
+            key = None
         candidate = key if key is not None else _UNKNOWN_KEY
         if not candidate.matches(match["secret"]) or key is None:
             raise exceptions.AuthenticationFailed("The API key is not valid.", code="invalid_api_key")

@@ -39,6 +39,8 @@ class Served:
             "DATABASE_URL": url_of_the_test_database(),
             "MODELGATE_DATA_DIR": str(data_dir),
             "MODELGATE_Q_WORKERS": "1",
+            # Converting the starter chat model takes a minute of CPU; these tests are about serving.
+            "MODELGATE_PREPARE_MODELS_ON_START": "0",
         }
         self.base = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(

@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
@@ -33,6 +34,8 @@ class Command(BaseCommand):
         if added:
             self.stdout.write(f"Registered the starter models: {', '.join(added)}")
         pending = [spec for spec in ModelSpec.objects.exclude(prepare="") if not Path(spec.local_path).exists()]
+        if not settings.MODELGATE_PREPARE_MODELS_ON_START:
+            pending = []
         for spec in pending:
             transaction.on_commit(lambda spec_id=spec.pk: async_task("registry.tasks.prepare_model", spec_id))
         if pending:
