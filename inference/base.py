@@ -126,3 +126,10 @@ def refuse_pickled_weights(path: Path, slug: str) -> None:
             f"{slug}: only pickled weights ({', '.join(p.name for p in pickled[:3])}) found; "
             "Modelgate loads safetensors, CTranslate2, fastText, ONNX or GGUF files only."
         )
+
+
+def require_safetensors(path: Path, slug: str) -> None:
+    """For transformers models: safetensors or nothing (their .bin files are pickles)."""
+    refuse_pickled_weights(path, slug)
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"{slug}: {path} holds no .safetensors weights; only those are loaded.")

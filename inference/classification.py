@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inference.base import Backend, refuse_pickled_weights
+from inference.base import Backend, require_safetensors
 from inference.errors import InvalidInput, ModelLoadError
 from inference.payloads import Classification, ClassificationInput, LabelScore, Task
 from inference.runtime import configure_torch
@@ -48,7 +48,7 @@ class TransformersClassifier(Backend):
     def load(self) -> None:
         configure_torch()
         path = self.require_path("config.json")
-        refuse_pickled_weights(path, self.config.slug)
+        require_safetensors(path, self.config.slug)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)

@@ -17,7 +17,7 @@ import numpy as np
 
 from inference.audio import SAMPLE_RATE
 from inference.backends import backend_class
-from inference.base import Backend, ModelConfig, refuse_pickled_weights, weights_size_mb
+from inference.base import Backend, ModelConfig, require_safetensors, weights_size_mb
 from inference.errors import InferenceError, InferenceTimeout, InvalidInput, ModelLoadError
 from inference.payloads import AudioInput, Intent, LabelScore, Segment, Task, Transcription
 from inference.runtime import configure_torch, cpu_threads
@@ -293,9 +293,7 @@ class TransformersWhisperSpeech(_WhisperSpeech):
         if self.max_seconds() > 30:
             raise ModelLoadError(f"{self.config.slug}: max_seconds is at most 30 for transformers Whisper.")
         path = self.require_path("config.json", "preprocessor_config.json")
-        refuse_pickled_weights(path, self.config.slug)
-        if not any(path.glob("*.safetensors")):
-            raise ModelLoadError(f"{self.config.slug}: {path} holds no .safetensors weights; only those are loaded.")
+        require_safetensors(path, self.config.slug)
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
         from transformers.models.whisper.tokenization_whisper import LANGUAGES
@@ -533,9 +531,7 @@ class SpeechIntent(Backend):
         configure_torch()
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"{self.config.slug}: no text classifier at {path}.")
-        refuse_pickled_weights(path, self.config.slug)
-        if not any(path.glob("*.safetensors")):
-            raise ModelLoadError(f"{self.config.slug}: {path} holds no .safetensors weights; only those are loaded.")
+        require_safetensors(path, self.config.slug)
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

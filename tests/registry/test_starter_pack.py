@@ -43,3 +43,11 @@ def test_a_failed_load_is_recorded_with_its_error(starter, settings, tmp_path):
     assert not result.ok and "weights not found" in result.detail
     broken.refresh_from_db()
     assert broken.last_check_ok is False and "weights not found" in broken.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_models_marked_preload_load_in_the_background(isolated_pool):
+    services.register_starter_pack()
+    ModelSpec.objects.filter(slug="lid-176").update(preload=True)
+    services.preload_models().join(timeout=120)
+    assert isolated_pool.loaded() == ["lid-176"]
