@@ -28,6 +28,12 @@ logger = logging.getLogger("modelgate.inference")
 _SAMPLES = 2048  # latency samples kept per model for percentiles
 
 
+@dataclass(frozen=True)
+class Timing:
+    queue_ms: float
+    compute_ms: float  # this item's share of its batch's compute time
+
+
 @dataclass
 class _Item:
     payload: Any
@@ -147,8 +153,12 @@ class _LoadedModel:
         stats.items += len(live)
         stats.batch_sizes.append(len(live))
         stats.compute_ms.append(elapsed_ms)
+        share_ms = elapsed_ms / len(live)
         for item, result in zip(live, results):
-            stats.queue_ms.append((started - item.enqueued) * 1000)
+            queue_ms = (started - item.enqueued) * 1000
+            stats.queue_ms.append(queue_ms)
+            # Callers bill and record their own share of the batch's compute time.
+            item.future.timing = Timing(queue_ms=queue_ms, compute_ms=share_ms)
             if isinstance(result, BaseException):
                 stats.errors += 1
                 item.future.set_exception(result)
@@ -192,6 +202,17 @@ class ModelPool:
         """Results in order; raises the first item's error. Use `submit_many` to get errors per item."""
         futures = self.submit_many(config, items)
         return [self._result(future, config, timeout) for future in futures]
+
+    def infer_timed(
+        self, config: ModelConfig, items: Iterable[Any], *, timeout: float | None = None
+    ) -> tuple[list[Any], Timing]:
+        """Results, the longest queue wait among the items, and their summed share of compute time."""
+        futures = self.submit_many(config, items)
+        results = [self._result(future, config, timeout) for future in futures]
+        timings = [future.timing for future in futures]
+        return results, Timing(
+            queue_ms=max(t.queue_ms for t in timings), compute_ms=sum(t.compute_ms for t in timings)
+        )
 
     def submit_many(self, config: ModelConfig, items: Iterable[Any]) -> list[Future]:
         """Validate each item (InvalidInput raises here, before anything is queued) and enqueue them."""

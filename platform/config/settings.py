@@ -165,6 +165,12 @@ MODELGATE_BATCHING = env_bool("MODELGATE_BATCHING", True)
 # Convert/assemble starter weights in the background at start, rather than on their first request.
 MODELGATE_PREPARE_MODELS_ON_START = env_bool("MODELGATE_PREPARE_MODELS_ON_START", True)
 
+# --- Routing ---------------------------------------------------------------------------------
+MODELGATE_REQUEST_TIMEOUT = env_int("MODELGATE_REQUEST_TIMEOUT", 120, min_value=1, max_value=3600)
+MODELGATE_MAX_OUTPUT_TOKENS = env_int("MODELGATE_MAX_OUTPUT_TOKENS", 1024, min_value=1)
+MODELGATE_MAX_BATCH_ITEMS = env_int("MODELGATE_MAX_BATCH_ITEMS", 128, min_value=1)
+MODELGATE_MAX_BATCH_CHARACTERS = env_int("MODELGATE_MAX_BATCH_CHARACTERS", 200_000, min_value=1000)
+
 # --- Serving (`make run`) -------------------------------------------------------------------
 MODELGATE_BIND = env_str("MODELGATE_BIND", "127.0.0.1:8000")
 if not re.match(r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$", MODELGATE_BIND):

@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("v1/", include("tenants.urls")),
+    path("v1/", include("routing.urls")),
 ]
 
 handler400 = "config.errors.handler400"

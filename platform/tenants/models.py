@@ -47,6 +47,9 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=50, unique=True, help_text="Stable identifier used in commands and logs.")
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    store_full_text = models.BooleanField(
+        default=False, help_text="Keep the full input of every inference (otherwise a digest and a short preview)."
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -81,6 +84,10 @@ class ApiKey(models.Model):
         validators=[MinValueValidator(1)],
         verbose_name="requests per minute",
         help_text="Per-key rate limit; empty means the tenant's default.",
+    )
+    local_only = models.BooleanField(default=False, help_text="Only local models may answer this key's requests.")
+    allowed_models = ArrayField(
+        models.CharField(max_length=100), default=list, blank=True, help_text="Model slugs this key may use; empty: all."
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -138,3 +145,8 @@ class ApiKey(models.Model):
 
     def has_scope(self, scope: str) -> bool:
         return Scope.ALL in self.scopes or scope in self.scopes
+
+    def may_use(self, slug: str, *, is_local: bool) -> bool:
+        if self.local_only and not is_local:
+            return False
+        return not self.allowed_models or slug in self.allowed_models

@@ -1,0 +1,362 @@
+"""The router: every request takes this one path — candidates, execution, quality check, escalation or
+fallback — and every attempt leaves an InferenceRecord, written pending before the work starts."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+from django.utils import timezone
+from rest_framework import status
+
+from config.errors import ApiError
+from inference.errors import InferenceError, InvalidInput
+from inference.payloads import GenerationInput
+from registry.models import ModelSpec
+from registry.services import ensure_prepared, get_pool
+from routing import quality
+from routing.models import InferenceRecord, RoutingPolicy
+from tenants.models import ApiKey
+
+logger = logging.getLogger("modelgate.routing")
+
+PREVIEW_CHARS = 200
+
+
+class UnknownModel(ApiError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "unknown_model"
+
+
+class ModelNotAllowed(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "model_not_allowed"
+
+
+class NoModelAvailable(ApiError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "no_model_available"
+
+
+class UpstreamFailed(ApiError):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    default_code = "upstream_failed"
+
+
+class InputRejected(ApiError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_input"
+
+
+@dataclass
+class Summary:
+    """What the record keeps of the input: digest and preview (full text only on opt-in), and units."""
+
+    text: str
+    unit: str
+    units_in: float
+
+
+@dataclass
+class Routed:
+    values: list[Any]
+    record: InferenceRecord
+    spec: ModelSpec | None
+    attempts: list[InferenceRecord] = field(default_factory=list)
+
+    @property
+    def cached(self) -> bool:
+        return self.record.cached
+
+
+@dataclass
+class Outcome:
+    values: list[Any]
+    queue_ms: float | None
+    compute_ms: float
+    units_out: float
+    tokens_in: float | None = None  # premium usage, as the provider reported it
+    tokens_out: float | None = None
+
+
+def route(
+    *,
+    key: ApiKey,
+    task: str,
+    items: list[Any],
+    summary: Summary,
+    request_id: str,
+    model: str = "auto",
+    units_out: Callable[[list[Any]], float] = lambda values: 0.0,
+    accept: Callable[[ModelSpec], bool] | None = None,
+) -> Routed:
+    """Answer `items` (one per input of the request) for `key`'s tenant; raise an ApiError when nobody can.
+
+    `accept` narrows the candidates to models able to take this request (e.g. zero-shot ones when the
+    request brings its own labels).
+    """
+    policy, candidates, reason, complexity = plan(key=key, task=task, items=items, model=model, accept=accept)
+    cache_key = _cache_key(key, task, candidates[0], items) if policy.cache_enabled else None
+    if cache_key is not None:
+        hit = cache.get(cache_key)
+        if hit is not None:
+            record = admit(key=key, task=task, spec=candidates[0], summary=summary, request_id=request_id,
+                           reason="result cache hit", complexity=complexity, previous=None)
+            complete(record, status=InferenceRecord.Status.OK, values=hit, outcome=None, cost=Decimal("0"), cached=True)
+            return Routed(values=hit, record=record, spec=candidates[0], attempts=[record])
+
+    attempts: list[InferenceRecord] = []
+    previous: InferenceRecord | None = None
+    last_error: str = ""
+    for position, spec in enumerate(candidates):
+        has_next = position + 1 < len(candidates)
+        record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
+                       complexity=complexity, previous=previous)
+        attempts.append(record)
+        try:
+            outcome = execute(spec=spec, task=task, items=items)
+        except InvalidInput as exc:
+            fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
+            raise InputRejected(str(exc)) from None
+        except (InferenceError, ValidationError, OSError) as exc:
+            message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+            code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
+            fail(record, status=InferenceRecord.Status.ERROR, code=code, message=message)
+            last_error = f"{spec.slug}: {message}"
+            reason = f"fallback after {spec.slug} failed ({code})"
+            previous = record
+            logger.warning("candidate failed", extra={"model": spec.slug, "code": code})
+            continue
+
+        verdict = quality.judge(task, items, outcome.values)
+        if task == "translation" and verdict.problem is None and spec.is_local and has_next:
+            verdict = _check_output_language(items, outcome.values, verdict)
+        outcome.units_out = units_out(outcome.values)
+        cost = actual_cost(spec, summary, outcome)
+        below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
+        if (verdict.problem or below_floor) and has_next and model == "auto":
+            why = verdict.problem or f"confidence {verdict.confidence:.2f} < floor {policy.confidence_floor:.2f}"
+            complete(record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
+                     cost=cost, confidence=verdict.confidence, reason_suffix=f"; escalated: {why}")
+            reason = f"escalated from {spec.slug}: {why}"
+            previous = record
+            continue
+        complete(record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
+                 confidence=verdict.confidence)
+        if cache_key is not None:
+            cache.set(cache_key, outcome.values, timeout=policy.cache_ttl_seconds)
+        return Routed(values=outcome.values, record=record, spec=spec, attempts=attempts)
+    raise UpstreamFailed(f"Every candidate model failed; last: {last_error}")
+
+
+# --- policies and candidates -------------------------------------------------------------------
+def plan(
+    *, key: ApiKey, task: str, items: list[Any], model: str, accept: Callable[[ModelSpec], bool] | None = None
+) -> tuple[RoutingPolicy, list[ModelSpec], str, quality.Complexity | None]:
+    """The policy, the candidates in the order they will be tried, and why."""
+    policy = policy_for(tenant=key.tenant, task=task)
+    candidates, reason = _candidates(key=key, task=task, model=model, policy=policy, accept=accept)
+    complexity = None
+    if task == "generation" and model == "auto" and isinstance(items[0], GenerationInput):
+        complexity = quality.complexity(items[0])
+        premium = [spec for spec in candidates if not spec.is_local]
+        if complexity.score > policy.complexity_threshold and premium:
+            candidates = premium
+            reason = (
+                f"complexity {complexity.score:.2f} > threshold {policy.complexity_threshold:.2f} "
+                f"({', '.join(complexity.reasons)}): local models skipped"
+            )
+        else:
+            reason += f"; complexity {complexity.score:.2f} vs threshold {policy.complexity_threshold:.2f}"
+    return policy, candidates, reason, complexity
+
+
+def policy_for(*, tenant: Any, task: str) -> RoutingPolicy:
+    """The tenant's policy for the task, else the global one, else the default (unsaved)."""
+    policies = {p.tenant_id: p for p in RoutingPolicy.objects.filter(Q(tenant=tenant) | Q(tenant__isnull=True), task=task)}
+    return policies.get(tenant.pk) or policies.get(None) or RoutingPolicy(task=task)
+
+
+def _candidates(
+    *, key: ApiKey, task: str, model: str, policy: RoutingPolicy, accept: Callable[[ModelSpec], bool] | None
+) -> tuple[list[ModelSpec], str]:
+    if model and model != "auto":
+        spec = ModelSpec.objects.filter(slug=model, enabled=True).first()
+        if spec is None or spec.task != task:
+            raise UnknownModel(f"No enabled {task} model named {model!r}; GET /v1/models lists them.")
+        if not key.may_use(spec.slug, is_local=spec.is_local):
+            raise ModelNotAllowed(f"This key may not use {model!r}.")
+        if accept is not None and not accept(spec):
+            raise UnknownModel(f"{model!r} cannot take this request (e.g. candidate labels need a zero-shot model).")
+        return [spec], f"pinned by the request to {model}"
+    if policy.candidates:
+        found = {s.slug: s for s in ModelSpec.objects.filter(slug__in=policy.candidates, enabled=True, task=task)}
+        ordered = [found[slug] for slug in policy.candidates if slug in found]
+        origin = "tenant policy" if policy.tenant_id else "global policy"
+    else:
+        # No policy yet: every enabled model of the task, local first.
+        ordered = sorted(ModelSpec.objects.filter(enabled=True, task=task), key=lambda s: (not s.is_local, s.slug))
+        origin = "default order (local first)"
+    allowed = [
+        spec for spec in ordered if key.may_use(spec.slug, is_local=spec.is_local) and (accept is None or accept(spec))
+    ]
+    if not allowed:
+        raise NoModelAvailable(f"No {task} model is available to this key.")
+    return allowed, f"{origin}: {' → '.join(s.slug for s in allowed)}"
+
+
+# --- execution ----------------------------------------------------------------------------------
+def execute(*, spec: ModelSpec, task: str, items: list[Any]) -> Outcome:
+    if spec.is_local:
+        ensure_prepared(spec)
+        config = spec.to_config()
+        started = time.perf_counter()
+        values, timing = get_pool().infer_timed(config, items, timeout=settings.MODELGATE_REQUEST_TIMEOUT)
+        return Outcome(values=values, queue_ms=timing.queue_ms, compute_ms=timing.compute_ms, units_out=0.0)
+    from routing.premium import run_premium
+
+    return run_premium(spec=spec, task=task, items=items)
+
+
+def _check_output_language(items: list[Any], values: list[Any], verdict: quality.Verdict) -> quality.Verdict:
+    """A translation in the wrong language is wrong however confident the model was."""
+    lid = ModelSpec.objects.filter(task="language_id", enabled=True, source_kind__in=["package", "path", "hub"]).first()
+    if lid is None:
+        return verdict
+    from inference.payloads import LanguageIdInput
+
+    texts = [LanguageIdInput(text=value.text) for value in values if len(value.text) >= 20]
+    if not texts:
+        return verdict
+    guesses = get_pool().infer_many(lid.to_config(), texts, timeout=10)
+    wanted = [value.target.split("-")[0] for value in values if len(value.text) >= 20]
+    for guess, target in zip(guesses, wanted):
+        if guess and guess[0].probability > 0.5 and guess[0].language != target:
+            return quality.Verdict(confidence=verdict.confidence, problem=f"output is in {guess[0].language}, not {target}")
+    return verdict
+
+
+# --- records ------------------------------------------------------------------------------------
+def admit(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_id: str, reason: str,
+           complexity: Any, previous: InferenceRecord | None) -> InferenceRecord:
+    text = summary.text
+    return InferenceRecord.objects.create(
+        request_id=request_id,
+        tenant_id=key.tenant_id,
+        api_key=key,
+        task=task,
+        model=spec,
+        model_slug=spec.slug,
+        tier=spec.tier,
+        input_digest=hashlib.sha256(text.encode()).hexdigest(),
+        input_preview=text[:PREVIEW_CHARS],
+        input_text=text if key.tenant.store_full_text else "",
+        unit=summary.unit,
+        units_in=summary.units_in,
+        reserved_cost=_estimate(spec, summary),
+        complexity=complexity.score if complexity else None,
+        routing_reason=reason,
+        escalated_from=previous,
+    )
+
+
+def complete(record: InferenceRecord, *, status: str, values: list[Any], outcome: Outcome | None, cost: Decimal,
+              confidence: float | None = None, cached: bool = False, reason_suffix: str = "") -> None:
+    now = timezone.now()
+    record.status = status
+    record.completed_at = now
+    record.output_preview = _preview(values)
+    record.items = len(values)
+    record.cost = cost
+    record.cached = cached
+    record.confidence = confidence
+    record.latency_ms = (now - record.created_at).total_seconds() * 1000
+    record.routing_reason += reason_suffix
+    if outcome is not None:
+        record.queue_ms = outcome.queue_ms
+        record.compute_ms = outcome.compute_ms
+        record.units_out = outcome.units_out
+        if outcome.tokens_in is not None:
+            record.units_in = outcome.tokens_in
+            record.unit = "tokens"
+    else:
+        record.compute_ms = 0.0
+    record.save()
+
+
+def fail(record: InferenceRecord, *, status: str, code: str, message: str) -> None:
+    now = timezone.now()
+    InferenceRecord.objects.filter(pk=record.pk).update(
+        status=status, completed_at=now, error_code=code[:64], error_message=message[:2000],
+        latency_ms=(now - record.created_at).total_seconds() * 1000,
+    )
+    record.status, record.error_code, record.error_message = status, code, message
+
+
+def _preview(values: list[Any]) -> str:
+    first = values[0] if values else None
+    text = getattr(first, "text", None)
+    if text is None:
+        if hasattr(first, "intent"):
+            text = f"{first.intent} ({first.confidence:.2f}): {first.transcription.text}"
+        elif hasattr(first, "predicted"):
+            text = ", ".join(first.predicted)
+        elif isinstance(first, list) and first and hasattr(first[0], "language"):
+            text = ", ".join(f"{g.language} {g.probability:.2f}" for g in first)
+        elif hasattr(first, "vector"):
+            text = f"{len(values)} vectors of {len(first.vector)} dimensions"
+        elif hasattr(first, "scores"):
+            text = f"{len(first.scores)} scores"
+        else:
+            text = ""
+    return text[:PREVIEW_CHARS]
+
+
+# --- money --------------------------------------------------------------------------------------
+def actual_cost(spec: ModelSpec, summary: Summary, outcome: Outcome) -> Decimal:
+    """Actual cost from the units the model used: compute time for local models, usage for APIs."""
+    if spec.is_local:
+        return spec.price_per_compute_second * Decimal(str(round(outcome.compute_ms / 1000, 6)))
+    cost = Decimal("0")
+    if outcome.tokens_in is not None:
+        cost += spec.price_input_per_1k_tokens * Decimal(str(outcome.tokens_in)) / 1000
+        cost += spec.price_output_per_1k_tokens * Decimal(str(outcome.tokens_out or 0)) / 1000
+    if summary.unit == "characters":
+        cost += spec.price_per_1k_characters * Decimal(str(summary.units_in)) / 1000
+    if summary.unit == "seconds":
+        cost += spec.price_per_audio_minute * Decimal(str(summary.units_in)) / 60
+    return cost
+
+
+def _estimate(spec: ModelSpec, summary: Summary) -> Decimal:
+    """The most this attempt can cost, reserved at admission (the billing seam settles it)."""
+    if spec.is_local:
+        return spec.price_per_compute_second * Decimal(str(settings.MODELGATE_REQUEST_TIMEOUT))
+    tokens_in = Decimal(str(summary.units_in if summary.unit == "tokens" else summary.units_in / 3))
+    return (
+        spec.price_input_per_1k_tokens * tokens_in / 1000
+        + spec.price_output_per_1k_tokens * Decimal(str(settings.MODELGATE_MAX_OUTPUT_TOKENS)) / 1000
+        + spec.price_per_1k_characters * Decimal(str(summary.units_in if summary.unit == "characters" else 0)) / 1000
+        + spec.price_per_audio_minute * Decimal(str(summary.units_in if summary.unit == "seconds" else 0)) / 60
+    )
+
+
+def _cache_key(key: ApiKey, task: str, spec: ModelSpec, items: list[Any]) -> str:
+    # repr() of the frozen payload dataclasses is stable; audio arrays are hashed by their bytes.
+    digest = hashlib.sha256()
+    for item in items:
+        samples = getattr(item, "samples", None)
+        if samples is not None:
+            digest.update(samples.tobytes())
+            digest.update(repr(getattr(item, "language", None)).encode())
+        else:
+            digest.update(repr(item).encode())
+    return f"mg:result:{key.tenant_id}:{task}:{spec.slug}:{spec.updated_at.timestamp()}:{digest.hexdigest()}"

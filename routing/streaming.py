@@ -1,0 +1,99 @@
+"""Chat completions streamed as server-sent events in OpenAI's chunk format, recorded like any request."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from inference.errors import InferenceError, InvalidInput
+from inference.payloads import Generation, GenerationInput
+from registry.services import ensure_prepared, get_pool
+from routing.models import InferenceRecord
+from routing.router import InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, admit, complete, fail, plan
+from tenants.models import ApiKey
+
+logger = logging.getLogger("modelgate.routing")
+
+
+def _open(spec: Any, item: GenerationInput) -> Any:
+    """A stream of text pieces whose `.result` is the final Generation (local or premium)."""
+    if spec.is_local:
+        ensure_prepared(spec)
+        backend = get_pool().get(spec.to_config()).backend
+        return backend.stream(backend.validate(item))
+    from routing.premium import open_premium_stream
+
+    return open_premium_stream(spec=spec, item=item)
+
+
+def stream_chat(
+    *, key: ApiKey, item: GenerationInput, summary: Summary, request_id: str, model: str, include_usage: bool
+) -> tuple[Iterator[bytes], dict[str, str]]:
+    """Choose and open a model before the response starts (so errors are still plain HTTP errors and
+    a failing candidate falls back), then stream. Once text has gone out there is no fallback."""
+    policy, candidates, reason, complexity = plan(key=key, task="generation", items=[item], model=model)
+    previous: InferenceRecord | None = None
+    for spec in candidates:
+        record = admit(key=key, task="generation", spec=spec, summary=summary, request_id=request_id,
+                       reason=reason + "; streamed", complexity=complexity, previous=previous)
+        try:
+            stream = _open(spec, item)
+        except InvalidInput as exc:
+            fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
+            raise InputRejected(str(exc)) from None
+        except (InferenceError, ValidationError, OSError) as exc:
+            fail(record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "model_unavailable"), message=str(exc))
+            reason, previous = f"fallback after {spec.slug} failed", record
+            continue
+        headers = {
+            "x-modelgate-request-id": request_id, "x-modelgate-inference-id": str(record.id),
+            "x-modelgate-model": spec.slug, "x-modelgate-tier": spec.tier,
+        }
+        return _events(stream, record=record, spec=spec, summary=summary, include_usage=include_usage), headers
+    raise UpstreamFailed("Every candidate model failed to start a stream.")
+
+
+def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary, include_usage: bool) -> Iterator[bytes]:
+    created = int(time.time())
+    base = {"id": f"chatcmpl-{record.id.hex}", "object": "chat.completion.chunk", "created": created, "model": spec.slug}
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+
+    started = time.perf_counter()
+    finished = False
+    try:
+        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        for piece in stream:
+            if piece:
+                yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+        result: Generation = stream.result
+        outcome = Outcome(values=[result], queue_ms=None, compute_ms=(time.perf_counter() - started) * 1000,
+                          units_out=float(result.tokens_out), tokens_in=None if spec.is_local else float(result.tokens_in),
+                          tokens_out=None if spec.is_local else float(result.tokens_out))
+        complete(record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome,
+                 cost=actual_cost(spec, summary, outcome))
+        finished = True
+        yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
+        if include_usage:
+            usage = {"prompt_tokens": result.tokens_in, "completion_tokens": result.tokens_out,
+                     "total_tokens": result.tokens_in + result.tokens_out}
+            yield event([], usage=usage)
+        yield b"data: [DONE]\n\n"
+    except GeneratorExit:
+        # The client went away: stop the model and say so in the record.
+        stream.close()
+        if not finished:
+            fail(record, status=InferenceRecord.Status.ERROR, code="client_disconnected", message="The client closed the stream.")
+        raise
+    except (InferenceError, OSError) as exc:
+        stream.close()
+        fail(record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "error"), message=str(exc))
+        error = {"error": {"code": getattr(exc, "code", "error"), "message": str(exc), "request_id": record.request_id}}
+        yield f"data: {json.dumps(error)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
