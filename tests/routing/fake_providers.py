@@ -11,7 +11,7 @@ messages (system included), completion tokens the words of the reply; a reply is
 `max_tokens` words ("length" / "max_tokens") or before the first stop string.
 
 Behaviour is switched per test: `normal()`, `slow(seconds)`, `status(code, times=N)`, `malformed()`,
-`cut()`, `hang()` and `reply(text)`. Every request is recorded in `requests`, without its credentials (only a
+`cut()`, `stall()`, `hang()` and `reply(text)`. Every request is recorded in `requests`, without its credentials (only a
 digest of the key, to tell which key came).
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class _Behaviour:
-    mode: str  # normal | slow | status | malformed | hang | cut
+    mode: str  # normal | slow | status | malformed | hang | cut | stall
     seconds: float = 0.0
     status: int = 0
     retry_after_ms: int | None = None
@@ -172,6 +172,10 @@ class FakeProviderServer:
         """Send half the answer, then close the connection: half the body, or half the stream's events."""
         self._set(_Behaviour("cut"), times)
 
+    def stall(self, *, times: int | None = None) -> None:
+        """Send half the answer, then go silent (until the server closes, or HANG_LIMIT seconds)."""
+        self._set(_Behaviour("stall"), times)
+
     def hang(self, *, times: int | None = None) -> None:
         """Accept the request and never answer (until the server closes, or HANG_LIMIT seconds)."""
         self._set(_Behaviour("hang"), times)
@@ -221,6 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_LIMIT
     server_state: FakeProviderServer
     cut = False  # this answer breaks off half-way
+    stall = False  # … and then the server goes silent instead of closing
 
     def setup(self) -> None:
         super().setup()
@@ -285,7 +290,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._raw(200, b'{"id": "broken", "choices": [{"message": ', "application/json")
             return
-        self.cut = behaviour.mode == "cut"
+        self.cut = behaviour.mode in ("cut", "stall")
+        self.stall = behaviour.mode == "stall"
         if not isinstance(body, dict):
             self._error(400, anthropic=anthropic, message="The request body is not a JSON object.")
             return
@@ -454,6 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
             payload, self.close_connection = payload[: len(payload) // 2], True
         self.wfile.write(payload)
         self.wfile.flush()
+        if self.stall:
+            self.server_state.released.wait(HANG_LIMIT)
 
     def _sse(self, events: list[bytes]) -> None:
         # No Content-Length: the body ends when the connection closes, as an event stream may.
@@ -468,6 +476,8 @@ class _Handler(BaseHTTPRequestHandler):
         for event in events:
             self.wfile.write(event)
             self.wfile.flush()
+        if self.stall:
+            self.server_state.released.wait(HANG_LIMIT)
 
 
 def _content_text(content: Any) -> str:

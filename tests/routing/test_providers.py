@@ -201,6 +201,18 @@ def test_a_stream_that_breaks_off_mid_answer_is_unavailable_and_counts_as_a_fail
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_stream_that_stalls_mid_answer_times_out(fake_providers, kind):
+    fake_providers.stall()
+    stream = provider(fake_providers, kind, timeout=0.3).chat_stream(model="m", request=HELLO)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout):
+        list(stream)
+
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_body_that_breaks_off_is_retried(fake_providers, kind):
     fake_providers.cut(times=1)
 
