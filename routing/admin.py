@@ -1,11 +1,12 @@
 """Operator screens: routing policies, and every inference with its route, cost and outcome."""
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from routing.models import InferenceRecord, RoutingPolicy
+from routing.models import InferenceRecord, ProviderCredential, RoutingPolicy
 
 
 @admin.register(RoutingPolicy)
@@ -40,3 +41,34 @@ class InferenceRecordAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[InferenceRecord]:
         return super().get_queryset(request).defer("input_text")
+
+
+class ProviderCredentialForm(forms.ModelForm):
+    api_key = forms.CharField(
+        widget=forms.PasswordInput(render_value=False), required=False,
+        help_text="Write-only: stored encrypted, never shown again. Leave empty to keep the current key.",
+    )
+
+    class Meta:
+        model = ProviderCredential
+        fields = ["tenant", "kind", "base_url"]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if not self.instance.pk and not data.get("api_key"):
+            self.add_error("api_key", "A new credential needs its API key.")
+        return data
+
+
+@admin.register(ProviderCredential)
+class ProviderCredentialAdmin(admin.ModelAdmin):
+    form = ProviderCredentialForm
+    list_display = ["kind", "tenant", "base_url", "updated_at"]
+    list_filter = ["kind", ("tenant", admin.EmptyFieldListFilter)]
+    search_fields = ["tenant__slug", "base_url"]
+    autocomplete_fields = ["tenant"]
+
+    def save_model(self, request: HttpRequest, obj: ProviderCredential, form: forms.ModelForm, change: bool) -> None:
+        if form.cleaned_data.get("api_key"):
+            obj.set_api_key(form.cleaned_data["api_key"])
+        super().save_model(request, obj, form, change)

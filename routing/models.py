@@ -132,3 +132,39 @@ class InferenceRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} {self.model_slug or '-'} {self.status}"
+
+
+class ProviderCredential(models.Model):
+    """An API key for a provider: the operator's (tenant empty) or a tenant's own. Encrypted at rest,
+    never logged, never returned by any API; the admin shows only whether one is set."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        OPENAI_COMPATIBLE = "openai-compatible", "OpenAI-compatible server"
+
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="provider_credentials")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    base_url = models.URLField(blank=True, help_text="Only for OpenAI-compatible servers (…/v1).")
+    encrypted_api_key = models.TextField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "kind", "base_url"], name="one_credential_per_provider"),
+            models.UniqueConstraint(fields=["kind", "base_url"], condition=Q(tenant__isnull=True), name="one_operator_credential_per_provider"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.tenant.slug if self.tenant else 'operator'})"
+
+    def set_api_key(self, api_key: str) -> None:
+        from routing.crypto import encrypt
+
+        self.encrypted_api_key = encrypt(api_key)
+
+    def api_key(self) -> str:
+        from routing.crypto import decrypt
+
+        return decrypt(self.encrypted_api_key)

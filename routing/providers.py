@@ -865,7 +865,8 @@ def _classification(
     values = {label: float(scores[label]) for label in labels}
     if multi_label:
         chosen = payload["labels"]
-        if not isinstance(chosen, list) or not all(isinstance(label, str) and label in values for label in chosen) or len(set(chosen)) != len(chosen):
+        valid = isinstance(chosen, list) and all(isinstance(label, str) and label in values for label in chosen)
+        if not valid or len(set(chosen)) != len(chosen):
             raise _unusable(generation, f'"labels" must list distinct labels from {labels}, got {chosen!r}', provider=provider)
         left_out = [values[label] for label in labels if label not in chosen]
         if chosen and left_out and min(values[label] for label in chosen) < max(left_out):
@@ -983,7 +984,7 @@ def _check_generation_input(request: GenerationInput) -> None:
     if isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int) or request.max_tokens < 1:
         raise InvalidInput(f"max_tokens must be a positive integer, not {request.max_tokens!r}.")
     temperature = request.temperature
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (math.isfinite(temperature) and temperature >= 0):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise InvalidInput(f"temperature must be a non-negative number, not {temperature!r}.")
     if not all(isinstance(stop, str) and stop for stop in request.stop):
         raise InvalidInput("stop must be a list of non-empty strings.")

@@ -122,10 +122,14 @@ def route(
                        complexity=complexity, previous=previous)
         attempts.append(record)
         try:
-            outcome = execute(spec=spec, task=task, items=items)
+            outcome = execute(spec=spec, task=task, items=items, tenant=key.tenant)
         except InvalidInput as exc:
             fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
-            raise InputRejected(str(exc)) from None
+            if not (has_next and model == "auto"):
+                raise InputRejected(str(exc)) from None
+            # One model's limits (a prompt too long for a small local model) need not be the request's.
+            reason, previous = f"fallback after {spec.slug} refused the input: {exc}", record
+            continue
         except (InferenceError, ValidationError, OSError) as exc:
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
@@ -214,7 +218,7 @@ def _candidates(
 
 
 # --- execution ----------------------------------------------------------------------------------
-def execute(*, spec: ModelSpec, task: str, items: list[Any]) -> Outcome:
+def execute(*, spec: ModelSpec, task: str, items: list[Any], tenant: Any = None) -> Outcome:
     if spec.is_local:
         ensure_prepared(spec)
         config = spec.to_config()
@@ -223,7 +227,7 @@ def execute(*, spec: ModelSpec, task: str, items: list[Any]) -> Outcome:
         return Outcome(values=values, queue_ms=timing.queue_ms, compute_ms=timing.compute_ms, units_out=0.0)
     from routing.premium import run_premium
 
-    return run_premium(spec=spec, task=task, items=items)
+    return run_premium(spec=spec, task=task, items=items, tenant=tenant)
 
 
 def _check_output_language(items: list[Any], values: list[Any], verdict: quality.Verdict) -> quality.Verdict:

@@ -20,7 +20,7 @@ from tenants.models import ApiKey
 logger = logging.getLogger("modelgate.routing")
 
 
-def _open(spec: Any, item: GenerationInput) -> Any:
+def _open(spec: Any, item: GenerationInput, tenant: Any) -> Any:
     """A stream of text pieces whose `.result` is the final Generation (local or premium)."""
     if spec.is_local:
         ensure_prepared(spec)
@@ -28,7 +28,7 @@ def _open(spec: Any, item: GenerationInput) -> Any:
         return backend.stream(backend.validate(item))
     from routing.premium import open_premium_stream
 
-    return open_premium_stream(spec=spec, item=item)
+    return open_premium_stream(spec=spec, item=item, tenant=tenant)
 
 
 def stream_chat(
@@ -42,7 +42,7 @@ def stream_chat(
         record = admit(key=key, task="generation", spec=spec, summary=summary, request_id=request_id,
                        reason=reason + "; streamed", complexity=complexity, previous=previous)
         try:
-            stream = _open(spec, item)
+            stream = _open(spec, item, key.tenant)
         except InvalidInput as exc:
             fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
             raise InputRejected(str(exc)) from None

@@ -170,6 +170,11 @@ MODELGATE_REQUEST_TIMEOUT = env_int("MODELGATE_REQUEST_TIMEOUT", 120, min_value=
 MODELGATE_MAX_OUTPUT_TOKENS = env_int("MODELGATE_MAX_OUTPUT_TOKENS", 1024, min_value=1)
 MODELGATE_MAX_BATCH_ITEMS = env_int("MODELGATE_MAX_BATCH_ITEMS", 128, min_value=1)
 MODELGATE_MAX_BATCH_CHARACTERS = env_int("MODELGATE_MAX_BATCH_CHARACTERS", 200_000, min_value=1000)
+# Fernet keys for provider credentials at rest, newest first; derived from SECRET_KEY when unset.
+MODELGATE_ENCRYPTION_KEYS = env_list("MODELGATE_ENCRYPTION_KEYS", [])
+# Operator credentials may also come from the environment (a stored credential wins).
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 
 # --- Serving (`make run`) -------------------------------------------------------------------
 MODELGATE_BIND = env_str("MODELGATE_BIND", "127.0.0.1:8000")

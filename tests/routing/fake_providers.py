@@ -11,8 +11,8 @@ messages (system included), completion tokens the words of the reply; a reply is
 `max_tokens` words ("length" / "max_tokens") or before the first stop string.
 
 Behaviour is switched per test: `normal()`, `slow(seconds)`, `status(code, times=N)`, `malformed()`,
-`cut()`, `stall()`, `hang()` and `reply(text)`. Every request is recorded in `requests`, without its credentials (only a
-digest of the key, to tell which key came).
+`cut()`, `stall()`, `stream_error()`, `hang()` and `reply(text)`. Every request is recorded in `requests`, without its
+credentials (only a digest of the key, to tell which key came).
 """
 from __future__ import annotations
 
@@ -39,6 +39,14 @@ IDLE_LIMIT = 10.0  # seconds an idle keep-alive connection is kept open by the s
 
 _WORD = re.compile(r"\s*\S+")
 _CREDENTIAL_HEADERS = {"authorization", "x-api-key", "api-key"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class _Behaviour:
-    mode: str  # normal | slow | status | malformed | hang | cut | stall
+    mode: str  # normal | slow | status | malformed | hang | cut | stall | stream_error
     seconds: float = 0.0
     status: int = 0
     retry_after_ms: int | None = None
@@ -176,6 +184,10 @@ class FakeProviderServer:
         """Send half the answer, then go silent (until the server closes, or HANG_LIMIT seconds)."""
         self._set(_Behaviour("stall"), times)
 
+    def stream_error(self, *, times: int | None = None) -> None:
+        """Streams send half their events, then an error event (overloaded) instead of the rest."""
+        self._set(_Behaviour("stream_error"), times)
+
     def hang(self, *, times: int | None = None) -> None:
         """Accept the request and never answer (until the server closes, or HANG_LIMIT seconds)."""
         self._set(_Behaviour("hang"), times)
@@ -226,6 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_state: FakeProviderServer
     cut = False  # this answer breaks off half-way
     stall = False  # … and then the server goes silent instead of closing
+    error_event: bytes | None = None  # sent half-way through a stream instead of the rest
 
     def setup(self) -> None:
         super().setup()
@@ -271,6 +284,16 @@ class _Handler(BaseHTTPRequestHandler):
         anthropic = path == "/v1/messages"
         stream = isinstance(body, dict) and body.get("stream") is True
         released = self.server_state.released
+        self.cut = behaviour.mode in ("cut", "stall")
+        self.stall = behaviour.mode == "stall"
+        self.error_event = None
+        if behaviour.mode == "stream_error":
+            error = {"type": "overloaded_error", "message": "Overloaded"}
+            self.error_event = (
+                f"event: error\ndata: {json.dumps({'type': 'error', 'error': error})}\n\n"
+                if anthropic
+                else f"data: {json.dumps({'error': error})}\n\n"
+            ).encode()
 
         if behaviour.mode == "hang":
             released.wait(HANG_LIMIT)
@@ -283,15 +306,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(behaviour.status, anthropic=anthropic, retry_after_ms=behaviour.retry_after_ms)
             return
         if behaviour.mode == "malformed":
-            if stream:
-                self._sse([b'data: {"id": "chatcmpl-broken", "choices": [\n\n'] if not anthropic else [
-                    b'event: message_start\ndata: {"type": "message_start", "message": {\n\n'
-                ])
+            if stream and anthropic:
+                self._sse([b'event: message_start\ndata: {"type": "message_start", "message": {\n\n'])
+            elif stream:
+                self._sse([b'data: {"id": "chatcmpl-broken", "choices": [\n\n'])
             else:
                 self._raw(200, b'{"id": "broken", "choices": [{"message": ', "application/json")
             return
-        self.cut = behaviour.mode in ("cut", "stall")
-        self.stall = behaviour.mode == "stall"
         if not isinstance(body, dict):
             self._error(400, anthropic=anthropic, message="The request body is not a JSON object.")
             return
@@ -365,7 +386,12 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = sum(words(str(text)) for text in texts)
         self._json(
             200,
-            {"object": "list", "data": data, "model": body.get("model", ""), "usage": {"prompt_tokens": prompt, "total_tokens": prompt}},
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", ""),
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+            },
         )
 
     # --- Anthropic ---------------------------------------------------------------------------
@@ -425,9 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- writing -----------------------------------------------------------------------------
     def _error(self, status: int, *, anthropic: bool, retry_after_ms: int | None = None, message: str | None = None) -> None:
-        kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}.get(
-            status, "api_error"
-        )
+        kind = _ERROR_TYPES.get(status, "api_error")
         if message is None:
             if status == 401:
                 # Some OpenAI-compatible servers echo the key they were given: the client must never repeat it.
@@ -473,6 +497,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if self.cut:
             events = events[: len(events) // 2]
+        if self.error_event is not None:
+            events = events[: len(events) // 2] + [self.error_event]
         for event in events:
             self.wfile.write(event)
             self.wfile.flush()

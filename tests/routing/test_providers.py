@@ -201,6 +201,19 @@ def test_a_stream_that_breaks_off_mid_answer_is_unavailable_and_counts_as_a_fail
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_an_error_event_mid_stream_is_unavailable(fake_providers, kind):
+    fake_providers.stream_error()
+    chosen = provider(fake_providers, kind)
+    stream = chosen.chat_stream(model="m", request=HELLO)
+
+    with pytest.raises(ProviderUnavailable, match="Overloaded") as caught:
+        list(stream)
+
+    assert caught.value.retryable
+    assert chosen.breaker.failures == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_stream_that_stalls_mid_answer_times_out(fake_providers, kind):
     fake_providers.stall()
     stream = provider(fake_providers, kind, timeout=0.3).chat_stream(model="m", request=HELLO)
