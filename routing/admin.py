@@ -44,6 +44,7 @@ class InferenceRecordAdmin(admin.ModelAdmin):
 
 
 class ProviderCredentialForm(forms.ModelForm):
+    base_url = forms.URLField(required=False, assume_scheme="https", help_text="Only for OpenAI-compatible servers (…/v1).")
     api_key = forms.CharField(
         widget=forms.PasswordInput(render_value=False), required=False,
         help_text="Write-only: stored encrypted, never shown again. Leave empty to keep the current key.",

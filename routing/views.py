@@ -9,6 +9,7 @@ import numpy as np
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
@@ -75,7 +76,7 @@ def characters(texts: list[str]) -> Summary:
 class TranslateView(APIView):
     required_scope = Scope.TRANSLATE
 
-    @extend_schema(request=s.TranslateSerializer, summary="Translate text; the source language is detected when absent")
+    @extend_schema(request=s.TranslateSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Translate text; the source language is detected when absent")
     def post(self, request: Request) -> Response:
         data = parse(s.TranslateSerializer, request)
         texts, sources = data["texts"], [data.get("source")] * len(data["texts"])
@@ -102,7 +103,7 @@ class TranslateView(APIView):
 class DetectLanguageView(APIView):
     required_scope = Scope.DETECT_LANGUAGE
 
-    @extend_schema(request=s.DetectLanguageSerializer, summary="Identify the language of texts")
+    @extend_schema(request=s.DetectLanguageSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Identify the language of texts")
     def post(self, request: Request) -> Response:
         data = parse(s.DetectLanguageSerializer, request)
         routed = route(
@@ -121,7 +122,7 @@ class DetectLanguageView(APIView):
 class ClassifyView(APIView):
     required_scope = Scope.CLASSIFY
 
-    @extend_schema(request=s.ClassifySerializer, summary="Classify texts; candidate labels turn on zero-shot")
+    @extend_schema(request=s.ClassifySerializer, responses={200: OpenApiTypes.OBJECT}, summary="Classify texts; candidate labels turn on zero-shot")
     def post(self, request: Request) -> Response:
         data = parse(s.ClassifySerializer, request)
         labels = tuple(data["labels"]) if data.get("labels") else None
@@ -144,7 +145,7 @@ class ClassifyView(APIView):
 class RerankView(APIView):
     required_scope = Scope.RERANK
 
-    @extend_schema(request=s.RerankSerializer, summary="Order documents by relevance to a query")
+    @extend_schema(request=s.RerankSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Order documents by relevance to a query")
     def post(self, request: Request) -> Response:
         data = parse(s.RerankSerializer, request)
         documents = data["documents"]
@@ -164,7 +165,7 @@ class EmbeddingsView(APIView):
 
     required_scope = Scope.EMBEDDINGS
 
-    @extend_schema(request=s.EmbeddingsSerializer, summary="Create embeddings (OpenAI-compatible)")
+    @extend_schema(request=s.EmbeddingsSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Create embeddings (OpenAI-compatible)")
     def post(self, request: Request) -> Response:
         data = parse(s.EmbeddingsSerializer, request)
         texts = data["input"]
@@ -202,7 +203,7 @@ def generation_input(data: dict[str, Any]) -> GenerationInput:
 class ChatCompletionsView(APIView):
     required_scope = Scope.CHAT
 
-    @extend_schema(request=s.ChatCompletionSerializer, summary="Chat completions (OpenAI-compatible, streaming with SSE)")
+    @extend_schema(request=s.ChatCompletionSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Chat completions (OpenAI-compatible, streaming with SSE)")
     def post(self, request: Request) -> HttpResponse:
         data = parse(s.ChatCompletionSerializer, request)
         item = generation_input(data)
@@ -249,6 +250,7 @@ class TranscriptionsView(APIView):
 
     @extend_schema(
         request={"multipart/form-data": s.AudioSerializer},
+        responses={200: OpenApiTypes.OBJECT},
         summary="Transcribe audio (OpenAI-compatible multipart)",
     )
     def post(self, request: Request) -> HttpResponse:
@@ -275,7 +277,7 @@ class TranscriptionsView(APIView):
 class IntentView(APIView):
     required_scope = Scope.AUDIO
 
-    @extend_schema(request={"multipart/form-data": s.IntentSerializer}, summary="Audio in: transcription, intent, confidence")
+    @extend_schema(request={"multipart/form-data": s.IntentSerializer}, responses={200: OpenApiTypes.OBJECT}, summary="Audio in: transcription, intent, confidence")
     def post(self, request: Request) -> Response:
         data = parse(s.IntentSerializer, request)
         samples, seconds = read_audio(data["file"])
@@ -298,7 +300,7 @@ class IntentView(APIView):
 class ModelsView(APIView):
     """OpenAI-style list of the models this key may use, with task, tier and prices."""
 
-    @extend_schema(summary="Models this key may use")
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Models this key may use")
     def get(self, request: Request) -> Response:
         key = request.auth
         specs = [spec for spec in ModelSpec.objects.filter(enabled=True) if key.may_use(spec.slug, is_local=spec.is_local)]
@@ -325,7 +327,7 @@ class InferenceDetailView(generics.RetrieveAPIView):
 class FeedbackView(APIView):
     required_scope = Scope.INFERENCES
 
-    @extend_schema(request=s.FeedbackSerializer, summary="Rate an answer; feedback feeds routing self-tuning")
+    @extend_schema(request=s.FeedbackSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Rate an answer; feedback feeds routing self-tuning")
     def post(self, request: Request) -> Response:
         data = parse(s.FeedbackSerializer, request)
         from django.utils import timezone

@@ -216,12 +216,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": r"/v1",
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "mg_<prefix>_<secret>"}
-        }
-    },
-    "SECURITY": [{"ApiKey": []}],
 }
 
 # --- Logging --------------------------------------------------------------------------------
