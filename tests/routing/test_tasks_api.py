@@ -137,3 +137,18 @@ def test_a_local_only_key_never_reaches_a_premium_model(api, alice, starter):
     assert post(api, "/v1/embeddings", {"input": "x"}, alice).json()["model"] == "minilm-l6"
     response = post(api, "/v1/embeddings", {"input": "x", "model": "premium-embed"}, alice)
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"texts": ["x"], "labels": ["only-one"]}, "labels"),
+        ({"texts": ["x"], "labels": "sports"}, "labels"),
+        ({"texts": ["x"], "labels": ["a", "b"], "model": "minilm-l6"}, "No enabled classification model"),
+        ({"labels": ["a", "b"]}, "Give either text or texts"),
+    ],
+)
+def test_classify_bad_input(api, alice, starter, body, message):
+    response = post(api, "/v1/classify", body, alice)
+    assert response.status_code == 400 and message in str(response.json()["error"])
+    assert not InferenceRecord.objects.exists()
