@@ -96,6 +96,7 @@ def route(
     request_id: str,
     model: str = "auto",
     units_out: Callable[[list[Any]], float] = lambda values: 0.0,
+    tokens_in: Callable[[list[Any]], float] | None = None,
     accept: Callable[[ModelSpec], bool] | None = None,
 ) -> Routed:
     """Answer `items` (one per input of the request) for `key`'s tenant; raise an ApiError when nobody can.
@@ -144,6 +145,9 @@ def route(
         if task == "translation" and verdict.problem is None and spec.is_local and has_next:
             verdict = _check_output_language(items, outcome.values, verdict)
         outcome.units_out = units_out(outcome.values)
+        if tokens_in is not None and outcome.tokens_in is None:
+            # Local models that count their input (embeddings) report tokens like an API would.
+            outcome.tokens_in = tokens_in(outcome.values)
         cost = actual_cost(spec, summary, outcome)
         below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
         if (verdict.problem or below_floor) and has_next and model == "auto":

@@ -172,10 +172,9 @@ class EmbeddingsView(APIView):
         routed = route(
             key=request.auth, task="embeddings", items=texts, summary=characters(texts),
             request_id=request.request_id, model=data["model"], units_out=lambda v: float(len(v)),
+            tokens_in=lambda v: float(sum(e.tokens for e in v)),
         )
-        tokens = sum(e.tokens for e in routed.values)
-        routed.record.unit, routed.record.units_in = "tokens", float(tokens)
-        InferenceRecord.objects.filter(pk=routed.record.pk).update(unit="tokens", units_in=float(tokens))
+        tokens = int(routed.record.units_in)
 
         def encode(vector: np.ndarray) -> Any:
             if data["encoding_format"] == "base64":
