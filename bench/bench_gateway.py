@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -124,7 +125,9 @@ def run() -> Table:
             gunicorn = _start_gunicorn(workdir, bind=f"127.0.0.1:{port}", database_url=database_url)
             children.append(gunicorn)
             _wait_ready(gateway_url, gunicorn, workdir)
+            started = time.perf_counter()
             _check_one_answer(gateway_url, body, secret)
+            first_answer_ms = (time.perf_counter() - started) * 1000
 
             targets = {
                 "a": Target("(a) Modelgate POST /v1/chat/completions → fake provider", f"{gateway_url}/v1/chat/completions",
@@ -184,7 +187,10 @@ def run() -> Table:
             f"--workers {WORKERS} --threads {THREADS}` as `manage.py serve` starts it, MODELGATE_LOG_LEVEL=WARNING, "
             "embedded PostgreSQL over a Unix socket, database cache.",
             "The fake OpenAI server (tests/routing/fake_providers.py, a threaded http.server) runs in its own process; "
-            "Modelgate reaches it through the official openai SDK with the operator's stored (encrypted) credential.",
+            "Modelgate reaches it through the official openai SDK with the operator's stored (encrypted) credential. "
+            "The fake sends with TCP_NODELAY and a listen backlog of 128 (see bench/gateway_fake_server.py).",
+            f"The first premium request after start took {first_answer_ms:,.0f} ms (imports and SDK client); "
+            "the warm-up keeps it out of the table.",
             f"Every request of (a) was recorded: {recorded} inference records, all `ok`, for the {answered_a} answers wrk "
             "counted (records also cover requests still in flight when a run ended).",
             f"wrk, gunicorn, the fake provider and PostgreSQL share the machine's {os.cpu_count()} cores.",
@@ -203,7 +209,8 @@ def _start_fake(workdir: Path) -> subprocess.Popen:
 
 
 def _read_port(fake: subprocess.Popen) -> int:
-    line = fake.stdout.readline()  # the child prints its port first, or exits
+    ready, _, _ = select.select([fake.stdout], [], [], READY_TIMEOUT_SECONDS)
+    line = fake.stdout.readline() if ready else ""  # the child prints its port first, or exits
     if not line.startswith("PORT "):
         raise RuntimeError(f"The fake provider did not start (printed {line!r}).")
     return int(line.split()[1])
@@ -311,7 +318,14 @@ def _wrk(wrk: str, target: Target, *, threads: int, connections: int, seconds: i
     out = done.stdout
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed on {target.label}: {done.stderr or out}")
-    bad, first_status = (int(x) for x in re.search(r"^MG_NOT_2XX (\d+) (\d+)$", out, re.M).groups())
+
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, out, re.M)
+        if match is None:
+            raise RuntimeError(f"wrk's output on {target.label} lacks {pattern!r}:\n{out}\n{done.stderr}")
+        return match
+
+    bad, first_status = (int(x) for x in find(r"^MG_NOT_2XX (\d+) (\d+)$").groups())
     non_2xx_3xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if bad or non_2xx_3xx or errors:
@@ -321,11 +335,11 @@ def _wrk(wrk: str, target: Target, *, threads: int, connections: int, seconds: i
         )
 
     def latency(percent: int) -> float:
-        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M).groups()
+        value, unit = find(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$").groups()
         return float(value) * _UNITS_MS[unit]
 
-    requests = int(re.search(r"^\s+(\d+) requests in ", out, re.M).group(1))
-    rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
+    requests = int(find(r"^\s+(\d+) requests in ").group(1))
+    rps = float(find(r"^Requests/sec:\s+([\d.]+)").group(1))
     if requests == 0:
         raise RuntimeError(f"{target.label}: no answer at all; wrk said:\n{out}")
     return Measure(requests=requests, rps=rps, p50_ms=latency(50), p99_ms=latency(99))

@@ -7,6 +7,14 @@ class RoutingConfig(AppConfig):
     verbose_name = "Routing and inference records"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from registry.models import ModelSpec
+        from routing import config_cache
+        from routing.models import ProviderCredential, RoutingPolicy
         from routing.tasks import ensure_schedules
 
         post_migrate.connect(ensure_schedules, sender=self)
+        for model in (RoutingPolicy, ModelSpec, ProviderCredential):
+            post_save.connect(config_cache.clear, sender=model, dispatch_uid=f"routing-cache-save-{model.__name__}")
+            post_delete.connect(config_cache.clear, sender=model, dispatch_uid=f"routing-cache-delete-{model.__name__}")

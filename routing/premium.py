@@ -10,6 +10,7 @@ from django.db.models import Q
 from inference.errors import InvalidInput
 from inference.payloads import ClassificationInput, GenerationInput, TranslationInput
 from registry.models import ModelSpec
+from routing import config_cache
 from routing.models import ProviderCredential
 from routing.providers import ProviderConfig, ProviderError, ProviderUnsupported, provider_for
 from tenants.models import Tenant
@@ -23,6 +24,12 @@ class MissingCredential(ProviderError):
 
 def provider_config(spec: ModelSpec, tenant: Tenant | None) -> ProviderConfig:
     """The tenant's own key (bring your own) wins, then the operator's stored key, then the environment."""
+    return config_cache.remember(
+        ("provider", spec.pk, spec.updated_at, tenant.pk if tenant else None), lambda: _provider_config(spec, tenant)
+    )
+
+
+def _provider_config(spec: ModelSpec, tenant: Tenant | None) -> ProviderConfig:
     options = spec.options or {}
     base_url = options.get("base_url") or ""
     credential = (

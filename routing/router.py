@@ -22,7 +22,7 @@ from inference.errors import InferenceError, InvalidInput
 from inference.payloads import GenerationInput
 from registry.models import ModelSpec
 from registry.services import ensure_prepared, get_pool
-from routing import quality
+from routing import config_cache, quality
 from routing.models import InferenceRecord, RoutingPolicy
 from tenants.models import ApiKey
 
@@ -189,15 +189,19 @@ def plan(
 
 def policy_for(*, tenant: Any, task: str) -> RoutingPolicy:
     """The tenant's policy for the task, else the global one, else the default (unsaved)."""
-    policies = {p.tenant_id: p for p in RoutingPolicy.objects.filter(Q(tenant=tenant) | Q(tenant__isnull=True), task=task)}
-    return policies.get(tenant.pk) or policies.get(None) or RoutingPolicy(task=task)
+
+    def load() -> RoutingPolicy:
+        policies = {p.tenant_id: p for p in RoutingPolicy.objects.filter(Q(tenant=tenant) | Q(tenant__isnull=True), task=task)}
+        return policies.get(tenant.pk) or policies.get(None) or RoutingPolicy(task=task)
+
+    return config_cache.remember(("policy", tenant.pk, task), load)
 
 
 def _candidates(
     *, key: ApiKey, task: str, model: str, policy: RoutingPolicy, accept: Callable[[ModelSpec], bool] | None
 ) -> tuple[list[ModelSpec], str]:
     if model and model != "auto":
-        spec = ModelSpec.objects.filter(slug=model, enabled=True).first()
+        spec = config_cache.remember(("spec", model), lambda: ModelSpec.objects.filter(slug=model, enabled=True).first())
         if spec is None or spec.task != task:
             raise UnknownModel(f"No enabled {task} model named {model!r}; GET /v1/models lists them.")
         if not key.may_use(spec.slug, is_local=spec.is_local):
@@ -206,12 +210,18 @@ def _candidates(
             raise UnknownModel(f"{model!r} cannot take this request (e.g. candidate labels need a zero-shot model).")
         return [spec], f"pinned by the request to {model}"
     if policy.candidates:
-        found = {s.slug: s for s in ModelSpec.objects.filter(slug__in=policy.candidates, enabled=True, task=task)}
-        ordered = [found[slug] for slug in policy.candidates if slug in found]
+        def load() -> list[ModelSpec]:
+            found = {s.slug: s for s in ModelSpec.objects.filter(slug__in=policy.candidates, enabled=True, task=task)}
+            return [found[slug] for slug in policy.candidates if slug in found]
+
+        ordered = config_cache.remember(("candidates", task, tuple(policy.candidates)), load)
         origin = "tenant policy" if policy.tenant_id else "global policy"
     else:
         # No policy yet: every enabled model of the task, local first.
-        ordered = sorted(ModelSpec.objects.filter(enabled=True, task=task), key=lambda s: (not s.is_local, s.slug))
+        ordered = config_cache.remember(
+            ("candidates", task, None),
+            lambda: sorted(ModelSpec.objects.filter(enabled=True, task=task), key=lambda s: (not s.is_local, s.slug)),
+        )
         origin = "default order (local first)"
     allowed = [
         spec for spec in ordered if key.may_use(spec.slug, is_local=spec.is_local) and (accept is None or accept(spec))
@@ -224,14 +234,18 @@ def _candidates(
 # --- execution ----------------------------------------------------------------------------------
 def execute(*, spec: ModelSpec, task: str, items: list[Any], tenant: Any = None) -> Outcome:
     if spec.is_local:
-        ensure_prepared(spec)
-        config = spec.to_config()
+        config = config_cache.remember(("model-config", spec.pk, spec.updated_at), lambda: _prepared_config(spec))
         started = time.perf_counter()
         values, timing = get_pool().infer_timed(config, items, timeout=settings.MODELGATE_REQUEST_TIMEOUT)
         return Outcome(values=values, queue_ms=timing.queue_ms, compute_ms=timing.compute_ms, units_out=0.0)
     from routing.premium import run_premium
 
     return run_premium(spec=spec, task=task, items=items, tenant=tenant)
+
+
+def _prepared_config(spec: ModelSpec) -> Any:
+    ensure_prepared(spec)
+    return spec.to_config()
 
 
 def _check_output_language(items: list[Any], values: list[Any], verdict: quality.Verdict) -> quality.Verdict:

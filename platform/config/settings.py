@@ -170,6 +170,8 @@ MODELGATE_REQUEST_TIMEOUT = env_int("MODELGATE_REQUEST_TIMEOUT", 120, min_value=
 MODELGATE_MAX_OUTPUT_TOKENS = env_int("MODELGATE_MAX_OUTPUT_TOKENS", 1024, min_value=1)
 MODELGATE_MAX_BATCH_ITEMS = env_int("MODELGATE_MAX_BATCH_ITEMS", 128, min_value=1)
 MODELGATE_MAX_BATCH_CHARACTERS = env_int("MODELGATE_MAX_BATCH_CHARACTERS", 200_000, min_value=1000)
+# How long a process reuses routing policies, model specs and provider settings it has read.
+MODELGATE_ROUTING_CACHE_SECONDS = env_int("MODELGATE_ROUTING_CACHE_SECONDS", 5, min_value=0, max_value=3600)
 # Fernet keys for provider credentials at rest, newest first; derived from SECRET_KEY when unset.
 MODELGATE_ENCRYPTION_KEYS = env_list("MODELGATE_ENCRYPTION_KEYS", [])
 # Operator credentials may also come from the environment (a stored credential wins).
