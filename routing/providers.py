@@ -21,6 +21,7 @@ import numpy as np
 import openai
 
 from inference.errors import InferenceError, InvalidInput
+from inference.generation import GenerationStream
 from inference.languages import language_name, to_iso
 from inference.payloads import ChatMessage, Classification, Embedding, Generation, GenerationInput, LabelScore, Translation
 
@@ -304,32 +305,17 @@ class _Outcome:
 
 
 # --- streaming ---------------------------------------------------------------------------------
-class ProviderStream(Iterator[str]):
-    """Text pieces in the order the provider sends them; their concatenation is the answer's text.
-
-    Once iteration ends, `result` is the full `Generation` with the usage the provider reported.
-    `close()` ends the call early (the client left); `result` then stays None. Errors during
-    iteration are `ProviderError`s. One consumer at a time; usable as a context manager.
-    """
+class ProviderStream(GenerationStream):
+    """A `GenerationStream` of a provider's pieces: `result` carries the usage the provider reported.
+    Closing also ends the HTTP call; errors during iteration are `ProviderError`s. One consumer at a
+    time; usable as a context manager."""
 
     def __init__(self, pieces: Generator[str, None, Generation], *, on_close: Callable[[], None]):
-        self._pieces = pieces
+        super().__init__(pieces)
         self._on_close = on_close
-        self.result: Generation | None = None
-
-    def __iter__(self) -> ProviderStream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._pieces)
-        except StopIteration as end:
-            if self.result is None:
-                self.result = end.value
-            raise StopIteration from None
 
     def close(self) -> None:
-        self._pieces.close()
+        super().close()
         self._on_close()
 
     def __enter__(self) -> ProviderStream:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -235,7 +234,6 @@ def _candidates(
 def execute(*, spec: ModelSpec, task: str, items: list[Any], tenant: Any = None) -> Outcome:
     if spec.is_local:
         config = config_cache.remember(("model-config", spec.pk, spec.updated_at), lambda: _prepared_config(spec))
-        started = time.perf_counter()
         values, timing = get_pool().infer_timed(config, items, timeout=settings.MODELGATE_REQUEST_TIMEOUT)
         return Outcome(values=values, queue_ms=timing.queue_ms, compute_ms=timing.compute_ms, units_out=0.0)
     from routing.premium import run_premium

@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from inference.errors import InferenceError, InvalidInput

@@ -5,29 +5,9 @@ import json
 
 import pytest
 
-from inference.convert import transformers_to_ctranslate2
-from registry.models import ModelSpec
-from tests.inference.tiny_generation import build_tiny_chat_model
 from tests.routing.conftest import post, records
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def chat_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chat")
-    return transformers_to_ctranslate2(build_tiny_chat_model(root / "hf"), root / "ct2")
-
-
-@pytest.fixture
-def chat_model(starter, chat_dir, settings) -> ModelSpec:
-    settings.MODELGATE_MODEL_ROOTS = [str(chat_dir.parent)]
-    ModelSpec.objects.filter(slug="smollm2-135m-instruct").update(enabled=False)
-    return ModelSpec.objects.create(
-        slug="tiny-chat", display_name="tiny chat", task="generation", backend="ctranslate2-generator",
-        source_kind="path", source=str(chat_dir), options={"max_tokens_limit": 40, "max_input_tokens": 64},
-        price_per_compute_second="0.001",
-    )
 
 
 def test_a_completion_in_openai_format_with_usage_and_headers(api, alice, chat_model):

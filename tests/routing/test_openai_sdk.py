@@ -5,7 +5,7 @@ import openai
 import pytest
 
 from tests.routing.conftest import FIXTURES
-from tests.routing.test_chat_completions import FRANCE, chat_dir, chat_model  # noqa: F401  (fixtures)
+from tests.routing.test_chat_completions import FRANCE
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_embeddings_through_the_sdk(client):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_chat_and_streaming_through_the_sdk(client, chat_model):  # noqa: F811
+def test_chat_and_streaming_through_the_sdk(client, chat_model):
     completion = client.chat.completions.create(model="auto", messages=FRANCE, max_tokens=16, temperature=0)
     assert completion.choices[0].message.content == "Paris is the capital of France."
     raw = client.chat.completions.with_raw_response.create(model="auto", messages=FRANCE, max_tokens=16, temperature=0)

@@ -11,9 +11,8 @@ from registry.models import ModelSpec
 from routing.models import ProviderCredential, RoutingPolicy
 from routing.providers import breaker_for
 from tests.routing.conftest import post, records
-from tests.routing.fake_providers import fake_providers  # noqa: F401  (fixture)
-from tests.routing.test_chat_completions import FRANCE, chat_dir, chat_model  # noqa: F401  (fixtures)
-from tests.routing.test_router import SPORTS, hesitant  # noqa: F401  (fixture)
+from tests.routing.test_chat_completions import FRANCE
+from tests.routing.test_router import SPORTS
 
 OPERATOR_KEY = "sk-operator-key-for-tests"
 

@@ -29,7 +29,7 @@ from routing.providers import (
     breaker_for,
     provider_for,
 )
-from tests.routing.fake_providers import HANG_LIMIT, JOIN_LIMIT, FakeProviderServer, fake_providers, fake_vector  # noqa: F401
+from tests.routing.fake_providers import HANG_LIMIT, JOIN_LIMIT, FakeProviderServer, fake_vector
 
 KEY = "sk-fake-0123456789abcdef-secret"
 KINDS = ("openai", "anthropic")

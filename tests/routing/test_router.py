@@ -2,24 +2,12 @@
 a pinned model is honoured, repeated inputs come from the cache; every attempt is recorded and linked."""
 from __future__ import annotations
 
-import pytest
 
 from registry.models import ModelSpec
 from routing.models import InferenceRecord, RoutingPolicy
 from tests.routing.conftest import post, records
 
 SPORTS = {"texts": ["The striker scored twice in the final minutes of the match"], "labels": ["sports", "finance", "cooking"]}
-
-
-@pytest.fixture
-def hesitant(starter) -> ModelSpec:
-    """A zero-shot model so hot-tempered that every answer is nearly uniform: never confident."""
-    base = starter["zero-shot-minilm"]
-    return ModelSpec.objects.create(
-        slug="zero-shot-hesitant", display_name="hesitant", task="classification", backend="zero-shot-embeddings",
-        source_kind="package", source=base.source, dependencies={"embeddings": "minilm-l6"},
-        options={"temperature": 50.0}, price_per_compute_second=base.price_per_compute_second,
-    )
 
 
 def policy(tenant, *candidates, floor=0.5, **fields):
