@@ -19,6 +19,8 @@ from rest_framework import status
 from config.errors import ApiError
 from inference.errors import InferenceError, InvalidInput
 from inference.payloads import GenerationInput
+from billing.models import Budget
+from billing.services import BudgetExceeded, budget_of, exceeded_message, release_budget, reserve_budget, settle_budget
 from registry.models import ModelSpec
 from registry.services import ensure_prepared, get_pool
 from routing import config_cache, quality
@@ -62,6 +64,7 @@ class Summary:
     text: str
     unit: str
     units_in: float
+    max_output_tokens: int | None = None  # what the request allows the model to write: its cost ceiling
 
 
 @dataclass
@@ -116,14 +119,27 @@ def route(
     attempts: list[InferenceRecord] = []
     previous: InferenceRecord | None = None
     last_error: str = ""
+    budget = budget_of(key.tenant)
     for position, spec in enumerate(candidates):
         has_next = position + 1 < len(candidates)
-        record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
-                       complexity=complexity, previous=previous)
+        held, note = hold(budget=budget, spec=spec, summary=summary)
+        if held is None:
+            # Reserve before the call: without room in the budget, the model is never called.
+            record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
+                           complexity=complexity, previous=previous, reserved=Decimal("0"))
+            attempts.append(record)
+            fail(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=exceeded_message(budget))
+            if budget.at_limit == budget.AtLimit.LOCAL_ONLY and any(c.is_local for c in candidates[position + 1:]):
+                reason, previous = f"{spec.slug} skipped: budget used up, local models only", record
+                continue
+            raise BudgetExceeded(exceeded_message(budget))
+        record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason + note,
+                       complexity=complexity, previous=previous, reserved=held)
         attempts.append(record)
         try:
             outcome = execute(spec=spec, task=task, items=items, tenant=key.tenant)
         except InvalidInput as exc:
+            release(budget, held)
             fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
             if not (has_next and model == "auto"):
                 raise InputRejected(str(exc)) from None
@@ -131,6 +147,7 @@ def route(
             reason, previous = f"fallback after {spec.slug} refused the input: {exc}", record
             continue
         except (InferenceError, ValidationError, OSError) as exc:
+            release(budget, held)
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
             fail(record, status=InferenceRecord.Status.ERROR, code=code, message=message)
@@ -139,6 +156,9 @@ def route(
             previous = record
             logger.warning("candidate failed", extra={"model": spec.slug, "code": code})
             continue
+        except BaseException:
+            release(budget, held)  # the hold must never outlive the request, whatever happened
+            raise
 
         verdict = quality.judge(task, items, outcome.values)
         if task == "translation" and verdict.problem is None and spec.is_local and has_next:
@@ -148,6 +168,7 @@ def route(
             # Local models that count their input (embeddings) report tokens like an API would.
             outcome.tokens_in = tokens_in(outcome.values)
         cost = actual_cost(spec, summary, outcome)
+        settle(budget, held, cost)
         below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
         if (verdict.problem or below_floor) and has_next and model == "auto":
             why = verdict.problem or f"confidence {verdict.confidence:.2f} < floor {policy.confidence_floor:.2f}"
@@ -266,7 +287,7 @@ def _check_output_language(items: list[Any], values: list[Any], verdict: quality
 
 # --- records ------------------------------------------------------------------------------------
 def admit(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_id: str, reason: str,
-           complexity: Any, previous: InferenceRecord | None) -> InferenceRecord:
+           complexity: Any, previous: InferenceRecord | None, reserved: Decimal = Decimal("0")) -> InferenceRecord:
     text = summary.text
     return InferenceRecord.objects.create(
         request_id=request_id,
@@ -281,7 +302,7 @@ def admit(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_
         input_text=text if key.tenant.store_full_text else "",
         unit=summary.unit,
         units_in=summary.units_in,
-        reserved_cost=_estimate(spec, summary),
+        reserved_cost=reserved,
         complexity=complexity.score if complexity else None,
         routing_reason=reason,
         escalated_from=previous,
@@ -341,6 +362,29 @@ def _preview(values: list[Any]) -> str:
 
 
 # --- money --------------------------------------------------------------------------------------
+def hold(*, budget: Budget | None, spec: ModelSpec, summary: Summary) -> tuple[Decimal | None, str]:
+    """Reserve the attempt's maximum cost: (amount held, note for the record), or (None, …) when the
+    budget has no room. Past the limit, a `local_only` budget still serves local models, uncharged."""
+    estimate = estimate_cost(spec, summary)
+    if budget is None:
+        return estimate, ""
+    if reserve_budget(budget=budget, amount=estimate):
+        return estimate, ""
+    if spec.is_local and budget.at_limit == budget.AtLimit.LOCAL_ONLY:
+        return Decimal("0"), "; budget used up: served locally without charge"
+    return None, ""
+
+
+def settle(budget: Budget | None, held: Decimal, cost: Decimal) -> None:
+    if budget is not None and held > 0:
+        settle_budget(budget=budget, reserved=held, actual=cost)
+
+
+def release(budget: Budget | None, held: Decimal) -> None:
+    if budget is not None and held > 0:
+        release_budget(budget=budget, reserved=held)
+
+
 def actual_cost(spec: ModelSpec, summary: Summary, outcome: Outcome) -> Decimal:
     """Actual cost from the units the model used: compute time for local models, usage for APIs."""
     if spec.is_local:
@@ -356,14 +400,15 @@ def actual_cost(spec: ModelSpec, summary: Summary, outcome: Outcome) -> Decimal:
     return cost
 
 
-def _estimate(spec: ModelSpec, summary: Summary) -> Decimal:
+def estimate_cost(spec: ModelSpec, summary: Summary) -> Decimal:
     """The most this attempt can cost, reserved at admission (the billing seam settles it)."""
     if spec.is_local:
         return spec.price_per_compute_second * Decimal(str(settings.MODELGATE_REQUEST_TIMEOUT))
-    tokens_in = Decimal(str(summary.units_in if summary.unit == "tokens" else summary.units_in / 3))
+    # A token is ~4 characters of English; counting one per 2 characters keeps the hold an upper bound.
+    tokens_in = Decimal(str(max(summary.units_in if summary.unit == "tokens" else 0, len(summary.text) / 2)))
     return (
         spec.price_input_per_1k_tokens * tokens_in / 1000
-        + spec.price_output_per_1k_tokens * Decimal(str(settings.MODELGATE_MAX_OUTPUT_TOKENS)) / 1000
+        + spec.price_output_per_1k_tokens * Decimal(str(summary.max_output_tokens or settings.MODELGATE_MAX_OUTPUT_TOKENS)) / 1000
         + spec.price_per_1k_characters * Decimal(str(summary.units_in if summary.unit == "characters" else 0)) / 1000
         + spec.price_per_audio_minute * Decimal(str(summary.units_in if summary.unit == "seconds" else 0)) / 60
     )

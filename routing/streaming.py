@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from decimal import Decimal
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,10 @@ from inference.errors import InferenceError, InvalidInput
 from inference.payloads import Generation, GenerationInput
 from registry.services import ensure_prepared, get_pool
 from routing.models import InferenceRecord
-from routing.router import InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, admit, complete, fail, plan
+from billing.services import BudgetExceeded, budget_of, exceeded_message
+from routing.router import (
+    InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, admit, complete, fail, hold, plan, release, settle,
+)
 from tenants.models import ApiKey
 
 logger = logging.getLogger("modelgate.routing")
@@ -37,15 +41,26 @@ def stream_chat(
     a failing candidate falls back), then stream. Once text has gone out there is no fallback."""
     policy, candidates, reason, complexity = plan(key=key, task="generation", items=[item], model=model)
     previous: InferenceRecord | None = None
-    for spec in candidates:
+    budget = budget_of(key.tenant)
+    for position, spec in enumerate(candidates):
+        held, note = hold(budget=budget, spec=spec, summary=summary)
         record = admit(key=key, task="generation", spec=spec, summary=summary, request_id=request_id,
-                       reason=reason + "; streamed", complexity=complexity, previous=previous)
+                       reason=reason + "; streamed" + note, complexity=complexity, previous=previous,
+                       reserved=held or Decimal("0"))
+        if held is None:
+            fail(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=exceeded_message(budget))
+            if budget.at_limit == budget.AtLimit.LOCAL_ONLY and any(c.is_local for c in candidates[position + 1:]):
+                reason, previous = f"{spec.slug} skipped: budget used up, local models only", record
+                continue
+            raise BudgetExceeded(exceeded_message(budget))
         try:
             stream = _open(spec, item, key.tenant)
         except InvalidInput as exc:
+            release(budget, held)
             fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
             raise InputRejected(str(exc)) from None
         except (InferenceError, ValidationError, OSError) as exc:
+            release(budget, held)
             fail(record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "model_unavailable"), message=str(exc))
             reason, previous = f"fallback after {spec.slug} failed", record
             continue
@@ -53,11 +68,14 @@ def stream_chat(
             "x-modelgate-request-id": request_id, "x-modelgate-inference-id": str(record.id),
             "x-modelgate-model": spec.slug, "x-modelgate-tier": spec.tier,
         }
-        return _events(stream, record=record, spec=spec, summary=summary, include_usage=include_usage), headers
+        events = _events(stream, record=record, spec=spec, summary=summary, include_usage=include_usage,
+                         budget=budget, held=held)
+        return events, headers
     raise UpstreamFailed("Every candidate model failed to start a stream.")
 
 
-def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary, include_usage: bool) -> Iterator[bytes]:
+def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary, include_usage: bool,
+            budget: Any, held: Decimal) -> Iterator[bytes]:
     created = int(time.time())
     base = {"id": f"chatcmpl-{record.id.hex}", "object": "chat.completion.chunk", "created": created, "model": spec.slug}
 
@@ -75,9 +93,10 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
         outcome = Outcome(values=[result], queue_ms=None, compute_ms=(time.perf_counter() - started) * 1000,
                           units_out=float(result.tokens_out), tokens_in=None if spec.is_local else float(result.tokens_in),
                           tokens_out=None if spec.is_local else float(result.tokens_out))
-        complete(record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome,
-                 cost=actual_cost(spec, summary, outcome))
+        cost = actual_cost(spec, summary, outcome)
+        settle(budget, held, cost)
         finished = True
+        complete(record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
         yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
         if include_usage:
             usage = {"prompt_tokens": result.tokens_in, "completion_tokens": result.tokens_out,
@@ -85,13 +104,16 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"
     except GeneratorExit:
-        # The client went away: stop the model and say so in the record.
+        # The client went away: stop the model, free the hold, and say so in the record.
         stream.close()
         if not finished:
+            release(budget, held)
             fail(record, status=InferenceRecord.Status.ERROR, code="client_disconnected", message="The client closed the stream.")
         raise
     except (InferenceError, OSError) as exc:
         stream.close()
+        if not finished:
+            release(budget, held)
         fail(record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "error"), message=str(exc))
         error = {"error": {"code": getattr(exc, "code", "error"), "message": str(exc), "request_id": record.request_id}}
         yield f"data: {json.dumps(error)}\n\n".encode()

@@ -207,7 +207,7 @@ class ChatCompletionsView(APIView):
         data = parse(s.ChatCompletionSerializer, request)
         item = generation_input(data)
         text = "\n".join(f"{m.role}: {m.content}" for m in item.messages)
-        summary = Summary(text=text, unit="tokens", units_in=float(len(text.split())))
+        summary = Summary(text=text, unit="tokens", units_in=float(len(text.split())), max_output_tokens=data["limit"])
         if data["stream"]:
             include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
             chunks, headers = stream_chat(key=request.auth, item=item, summary=summary, request_id=request.request_id,

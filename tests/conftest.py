@@ -66,6 +66,16 @@ def fresh_routing_cache():
 
 
 @pytest.fixture
+def starter(db) -> dict:
+    """The starter pack registered: the real packaged models, by slug."""
+    from registry import services as registry_services
+    from registry.models import ModelSpec
+
+    registry_services.register_starter_pack()
+    return {spec.slug: spec for spec in ModelSpec.objects.all()}
+
+
+@pytest.fixture
 def api() -> APIClient:
     return APIClient()
 

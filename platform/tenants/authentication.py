@@ -36,7 +36,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             )
         try:
             # get(), not first(): no ORDER BY, and the prefix is unique.
-            key = ApiKey.objects.select_related("tenant").get(prefix=match["prefix"])
+            # The tenant's budget comes in the same query: routing needs it on every paid request.
+            key = ApiKey.objects.select_related("tenant", "tenant__budget").get(prefix=match["prefix"])
         except ApiKey.DoesNotExist:
             key = None
         candidate = key if key is not None else _UNKNOWN_KEY

@@ -7,12 +7,6 @@ from registry import services
 from registry.models import ModelSpec
 
 
-@pytest.fixture
-def starter(db) -> dict[str, ModelSpec]:
-    services.register_starter_pack()
-    return {spec.slug: spec for spec in ModelSpec.objects.all()}
-
-
 @pytest.fixture(autouse=True)
 def isolated_pool(monkeypatch):
     """Each test sees a pool of its own (the process-wide one would leak loaded models between tests)."""

@@ -17,12 +17,6 @@ from tests.routing.fake_providers import fake_providers  # noqa: F401  (a fixtur
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
 
 
-@pytest.fixture
-def starter(db) -> dict[str, ModelSpec]:
-    services.register_starter_pack()
-    return {spec.slug: spec for spec in ModelSpec.objects.all()}
-
-
 def post(api, path: str, body: dict, caller=None, **extra):
     headers = caller.auth if caller else {}
     return api.post(path, json.dumps(body), content_type="application/json", **headers, **extra)

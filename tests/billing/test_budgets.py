@@ -1,0 +1,148 @@
+"""Budgets that cannot be overrun: atomic reservations, settlement, release, roll-over, and the
+behaviour at the limit (block or local only), through the real API."""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone as dt_timezone
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.db import IntegrityError, transaction
+
+from billing.models import Budget
+from billing.services import release_budget, reserve_budget, roll_over, settle_budget
+from routing.models import InferenceRecord
+from tests.routing.conftest import post, records
+from tests.routing.test_premium_routing import premium
+
+CHAT = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 100}
+
+
+def budget_for(tenant, limit: str, **fields) -> Budget:
+    return Budget.objects.create(tenant=tenant, limit=Decimal(limit), **fields)
+
+
+def test_reserve_settle_and_release_move_money_exactly(tenant_a):
+    budget = budget_for(tenant_a, "1.0")
+    assert reserve_budget(budget=budget, amount=Decimal("0.6"))
+    assert not reserve_budget(budget=budget, amount=Decimal("0.5"))  # 0.6 held + 0.5 > 1.0
+    assert settle_budget(budget=budget, reserved=Decimal("0.6"), actual=Decimal("0.2")) == Decimal("0.2")
+    budget.refresh_from_db()
+    assert (budget.spent, budget.reserved) == (Decimal("0.2"), Decimal("0"))
+    assert reserve_budget(budget=budget, amount=Decimal("0.8"))
+    release_budget(budget=budget, reserved=Decimal("0.8"))
+    budget.refresh_from_db()
+    assert (budget.spent, budget.reserved, budget.remaining) == (Decimal("0.2"), Decimal("0"), Decimal("0.8"))
+
+
+def test_settlement_never_charges_more_than_was_held(tenant_a):
+    budget = budget_for(tenant_a, "1.0")
+    reserve_budget(budget=budget, amount=Decimal("0.1"))
+    assert settle_budget(budget=budget, reserved=Decimal("0.1"), actual=Decimal("5")) == Decimal("0.1")
+
+
+def test_the_database_refuses_an_overrun_whatever_the_code_path(tenant_a):
+    budget = budget_for(tenant_a, "1.0")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Budget.objects.filter(pk=budget.pk).update(spent=Decimal("1.5"))
+
+
+def test_the_period_rolls_over_at_the_boundary(tenant_a):
+    with time_machine.travel(datetime(2026, 11, 30, 23, 59, 59, tzinfo=dt_timezone.utc), tick=False):
+        budget = budget_for(tenant_a, "1.0", period=Budget.Period.MONTHLY)
+        assert budget.period_end == datetime(2026, 12, 1, tzinfo=dt_timezone.utc)
+        reserve_budget(budget=budget, amount=Decimal("1.0"))
+        settle_budget(budget=budget, reserved=Decimal("1.0"), actual=Decimal("1.0"))
+        assert not reserve_budget(budget=budget, amount=Decimal("0.01"))
+    with time_machine.travel(datetime(2026, 12, 1, 0, 0, 1, tzinfo=dt_timezone.utc), tick=False):
+        budget = roll_over(Budget.objects.get(pk=budget.pk))
+        assert (budget.spent, budget.period_start.day, budget.period_end.month) == (Decimal("0"), 1, 1)
+        assert reserve_budget(budget=budget, amount=Decimal("0.5"))
+
+
+def test_block_refuses_with_402_naming_the_budget_and_its_reset(api, alice, starter):
+    budget_for(alice.tenant, "0", period=Budget.Period.DAILY)
+    response = post(api, "/v1/detect-language", {"text": "Bonjour tout le monde"}, alice, HTTP_X_REQUEST_ID="blocked-0001")
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded" and "daily budget" in error["message"] and "resets at" in error["message"]
+    [record] = records("blocked-0001")
+    assert (record.status, record.error_code) == ("rejected", "budget_exceeded")
+
+
+def test_local_only_keeps_serving_local_models_and_refuses_premium(api, alice, starter, fake_providers):
+    premium("gpt-fake", "generation", fake_providers)
+    budget_for(alice.tenant, "0", at_limit=Budget.AtLimit.LOCAL_ONLY)
+    local = post(api, "/v1/detect-language", {"text": "Bonjour tout le monde"}, alice, HTTP_X_REQUEST_ID="local-only-01")
+    assert local.status_code == 200
+    [record] = records("local-only-01")
+    assert "served locally without charge" in record.routing_reason and record.reserved_cost == 0
+    assert post(api, "/v1/chat/completions", CHAT, alice).status_code == 402
+    assert fake_providers.requests == []
+    assert Budget.objects.get(tenant=alice.tenant).spent == 0
+
+
+def test_a_provider_error_releases_the_hold(api, alice, starter, fake_providers):
+    premium("gpt-fake", "generation", fake_providers, input="0", output="1")
+    budget_for(alice.tenant, "1.0")
+    fake_providers.status(500, times=10)
+    assert post(api, "/v1/chat/completions", CHAT, alice).status_code == 502
+    budget = Budget.objects.get(tenant=alice.tenant)
+    assert (budget.spent, budget.reserved) == (Decimal("0"), Decimal("0"))
+
+
+@pytest.mark.django_db(transaction=True)  # closing a response ends the request, as on a real server
+def test_a_client_that_disconnects_mid_stream_releases_the_hold(api, alice, starter, fake_providers):
+    premium("gpt-fake", "generation", fake_providers, input="0", output="1")
+    budget_for(alice.tenant, "1.0")
+    response = post(api, "/v1/chat/completions", {**CHAT, "stream": True}, alice, HTTP_X_REQUEST_ID="disconnect-01")
+    next(iter(response.streaming_content))
+    assert Budget.objects.get(tenant=alice.tenant).reserved > 0
+    response.close()  # what the server does when the client goes away: it closes the generator
+    budget = Budget.objects.get(tenant=alice.tenant)
+    assert (budget.spent, budget.reserved) == (Decimal("0"), Decimal("0"))
+    assert records("disconnect-01")[0].error_code == "client_disconnected"
+
+
+def test_streamed_and_plain_answers_cost_the_same(api, alice, starter, fake_providers):
+    premium("gpt-fake", "generation", fake_providers, input="1", output="2")
+    plain = post(api, "/v1/chat/completions", CHAT, alice, HTTP_X_REQUEST_ID="same-cost-01")
+    streamed = post(api, "/v1/chat/completions", {**CHAT, "stream": True}, alice, HTTP_X_REQUEST_ID="same-cost-02")
+    b"".join(streamed.streaming_content)
+    assert plain.status_code == 200
+    assert records("same-cost-01")[0].cost == records("same-cost-02")[0].cost > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_64_concurrent_premium_requests_never_overspend(alice, starter, fake_providers):
+    """64 threads, each with its own database connection, run the whole request path at once."""
+    from django.db import connections
+    from django.test import Client
+
+    premium("gpt-fake", "generation", fake_providers, input="0", output="1")  # hold: 100 tokens × 1/1k = 0.1
+    budget_for(alice.tenant, "1.0")  # room for exactly 10 holds
+    fake_providers.slow(1.0)  # every admitted call is still in flight while the others arrive
+    barrier = threading.Barrier(64)
+
+    def call(_: int) -> int:
+        client = Client()
+        try:
+            barrier.wait(timeout=30)
+            response = client.post("/v1/chat/completions", json.dumps(CHAT), content_type="application/json",
+                                   HTTP_AUTHORIZATION=f"Bearer {alice.secret}")
+            return response.status_code
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(64) as executor:
+        statuses = list(executor.map(call, range(64)))
+    reached = len(fake_providers.requests_to("/v1/chat/completions"))
+    budget = Budget.objects.get(tenant=alice.tenant)
+    assert 0 < reached <= 10 and statuses.count(200) == reached
+    assert statuses.count(402) == 64 - reached
+    assert budget.spent <= budget.limit and budget.reserved == 0
+    assert InferenceRecord.objects.filter(tenant=alice.tenant).count() == 64
+    assert InferenceRecord.objects.filter(error_code="budget_exceeded").count() == 64 - reached
