@@ -75,3 +75,24 @@ def exceeded_message(budget: Budget) -> str:
         f"({budget.spent:.4f} spent, {budget.reserved:.4f} held by requests in flight); "
         f"it resets at {budget.period_end.isoformat(timespec='seconds')}."
     )
+
+
+def budget_status(tenant: Tenant) -> dict[str, object] | None:
+    """What the router (and the self-tuner) may weigh: how much is left, and how far the period is."""
+    budget = budget_of(tenant)
+    if budget is None:
+        return None
+    now = timezone.now()
+    span = (budget.period_end - budget.period_start).total_seconds() or 1.0
+    return {
+        "limit": budget.limit,
+        "spent": budget.spent,
+        "reserved": budget.reserved,
+        "remaining": budget.remaining,
+        "remaining_fraction": float(budget.remaining / budget.limit) if budget.limit else 0.0,
+        "period_progress": min(1.0, max(0.0, (now - budget.period_start).total_seconds() / span)),
+        "period": budget.period,
+        "period_start": budget.period_start,
+        "period_end": budget.period_end,
+        "at_limit": budget.at_limit,
+    }

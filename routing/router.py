@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework import status
@@ -139,25 +140,24 @@ def route(
         try:
             outcome = execute(spec=spec, task=task, items=items, tenant=key.tenant)
         except InvalidInput as exc:
-            release(budget, held)
-            fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
+            release(budget, held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
             if not (has_next and model == "auto"):
                 raise InputRejected(str(exc)) from None
             # One model's limits (a prompt too long for a small local model) need not be the request's.
             reason, previous = f"fallback after {spec.slug} refused the input: {exc}", record
             continue
         except (InferenceError, ValidationError, OSError) as exc:
-            release(budget, held)
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
-            fail(record, status=InferenceRecord.Status.ERROR, code=code, message=message)
+            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
             last_error = f"{spec.slug}: {message}"
             reason = f"fallback after {spec.slug} failed ({code})"
             previous = record
             logger.warning("candidate failed", extra={"model": spec.slug, "code": code})
             continue
-        except BaseException:
-            release(budget, held)  # the hold must never outlive the request, whatever happened
+        except BaseException as exc:
+            # The hold must never outlive the request, whatever happened.
+            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
             raise
 
         verdict = quality.judge(task, items, outcome.values)
@@ -168,17 +168,21 @@ def route(
             # Local models that count their input (embeddings) report tokens like an API would.
             outcome.tokens_in = tokens_in(outcome.values)
         cost = actual_cost(spec, summary, outcome)
-        settle(budget, held, cost)
         below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
         if (verdict.problem or below_floor) and has_next and model == "auto":
             why = verdict.problem or f"confidence {verdict.confidence:.2f} < floor {policy.confidence_floor:.2f}"
-            complete(record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
-                     cost=cost, confidence=verdict.confidence, reason_suffix=f"; escalated: {why}")
+            with transaction.atomic():
+                settle(budget, held, cost)
+                complete(record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
+                         cost=cost, confidence=verdict.confidence, reason_suffix=f"; escalated: {why}")
             reason = f"escalated from {spec.slug}: {why}"
             previous = record
             continue
-        complete(record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
-                 confidence=verdict.confidence)
+        # Settled and completed together: a pending record always means an unsettled hold (the reaper's rule).
+        with transaction.atomic():
+            settle(budget, held, cost)
+            complete(record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
+                     confidence=verdict.confidence)
         if cache_key is not None:
             cache.set(cache_key, outcome.values, timeout=policy.cache_ttl_seconds)
         return Routed(values=outcome.values, record=record, spec=spec, attempts=attempts)
@@ -380,9 +384,12 @@ def settle(budget: Budget | None, held: Decimal, cost: Decimal) -> None:
         settle_budget(budget=budget, reserved=held, actual=cost)
 
 
-def release(budget: Budget | None, held: Decimal) -> None:
-    if budget is not None and held > 0:
-        release_budget(budget=budget, reserved=held)
+def release(budget: Budget | None, held: Decimal, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
+    """Free the hold and close the record in one transaction (see the reaper)."""
+    with transaction.atomic():
+        if budget is not None and held > 0:
+            release_budget(budget=budget, reserved=held)
+        fail(record, status=status, code=code, message=message)
 
 
 def actual_cost(spec: ModelSpec, summary: Summary, outcome: Outcome) -> Decimal:

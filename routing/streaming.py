@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from inference.errors import InferenceError, InvalidInput
 from inference.payloads import Generation, GenerationInput
@@ -56,12 +57,11 @@ def stream_chat(
         try:
             stream = _open(spec, item, key.tenant)
         except InvalidInput as exc:
-            release(budget, held)
-            fail(record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
+            release(budget, held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
             raise InputRejected(str(exc)) from None
         except (InferenceError, ValidationError, OSError) as exc:
-            release(budget, held)
-            fail(record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "model_unavailable"), message=str(exc))
+            release(budget, held, record=record, status=InferenceRecord.Status.ERROR,
+                    code=getattr(exc, "code", "model_unavailable"), message=str(exc))
             reason, previous = f"fallback after {spec.slug} failed", record
             continue
         headers = {
@@ -94,9 +94,10 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
                           units_out=float(result.tokens_out), tokens_in=None if spec.is_local else float(result.tokens_in),
                           tokens_out=None if spec.is_local else float(result.tokens_out))
         cost = actual_cost(spec, summary, outcome)
-        settle(budget, held, cost)
+        with transaction.atomic():
+            settle(budget, held, cost)
+            complete(record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
         finished = True
-        complete(record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
         yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
         if include_usage:
             usage = {"prompt_tokens": result.tokens_in, "completion_tokens": result.tokens_out,
@@ -107,14 +108,14 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
         # The client went away: stop the model, free the hold, and say so in the record.
         stream.close()
         if not finished:
-            release(budget, held)
-            fail(record, status=InferenceRecord.Status.ERROR, code="client_disconnected", message="The client closed the stream.")
+            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code="client_disconnected",
+                    message="The client closed the stream.")
         raise
     except (InferenceError, OSError) as exc:
         stream.close()
         if not finished:
-            release(budget, held)
-        fail(record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "error"), message=str(exc))
+            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "error"),
+                    message=str(exc))
         error = {"error": {"code": getattr(exc, "code", "error"), "message": str(exc), "request_id": record.request_id}}
         yield f"data: {json.dumps(error)}\n\n".encode()
         yield b"data: [DONE]\n\n"

@@ -122,9 +122,13 @@ def test_64_concurrent_premium_requests_never_overspend(alice, starter, fake_pro
     from django.db import connections
     from django.test import Client
 
-    premium("gpt-fake", "generation", fake_providers, input="0", output="1")  # hold: 100 tokens × 1/1k = 0.1
+    spec = premium("gpt-fake", "generation", fake_providers, input="0", output="1")  # hold: 100 tokens × 1/1k = 0.1
+    spec.options = {**spec.options, "timeout": 60}
+    spec.save()
     budget_for(alice.tenant, "1.0")  # room for exactly 10 holds
-    fake_providers.slow(1.0)  # every admitted call is still in flight while the others arrive
+    # Admitted calls stay in flight until every other request has tried to reserve: settling one
+    # early would free room, and more than 10 could then (rightly) get through.
+    fake_providers.slow(6.0)
     barrier = threading.Barrier(64)
 
     def call(_: int) -> int:
@@ -146,3 +150,26 @@ def test_64_concurrent_premium_requests_never_overspend(alice, starter, fake_pro
     assert budget.spent <= budget.limit and budget.reserved == 0
     assert InferenceRecord.objects.filter(tenant=alice.tenant).count() == 64
     assert InferenceRecord.objects.filter(error_code="budget_exceeded").count() == 64 - reached
+
+
+def test_the_reaper_frees_the_hold_of_a_request_whose_worker_died(alice, settings):
+    from routing.tasks import reap_abandoned
+
+    budget = budget_for(alice.tenant, "1.0")
+    assert reserve_budget(budget=budget, amount=Decimal("0.4"))  # the dead worker's hold
+    InferenceRecord.objects.create(
+        tenant=alice.tenant, api_key=alice.key, task="generation", model_slug="gpt-fake", request_id="died-000001",
+        reserved_cost=Decimal("0.4"), created_at=datetime.now(dt_timezone.utc) - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 120),
+    )
+    assert reap_abandoned() == 1
+    assert reap_abandoned() == 0
+    budget.refresh_from_db()
+    assert (budget.reserved, budget.spent) == (Decimal("0"), Decimal("0"))
+
+
+def test_a_tenant_reads_its_own_budget_and_nobody_elses(api, alice, bob):
+    budget_for(alice.tenant, "2.5", period=Budget.Period.DAILY)
+    mine = api.get("/v1/budget", **alice.auth).json()["budget"]
+    assert (mine["limit"], mine["spent"], mine["period"], mine["at_limit"]) == ("2.500000000000", "0.000000000000", "daily", "block")
+    assert 0 <= mine["period_progress"] <= 1 and mine["remaining_fraction"] == 1.0
+    assert api.get("/v1/budget", **bob.auth).json() == {"budget": None, "message": "No budget is set: spending is not limited."}

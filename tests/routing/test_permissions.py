@@ -17,6 +17,7 @@ ENDPOINTS = [
     ("post", "/v1/feedback", "inferences"),
     ("get", f"/v1/inferences/{uuid.uuid4()}", "inferences"),
     ("get", "/v1/models", None),
+    ("get", "/v1/budget", "usage"),
 ]
 
 
