@@ -171,18 +171,13 @@ def route(
         below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
         if (verdict.problem or below_floor) and has_next and model == "auto":
             why = verdict.problem or f"confidence {verdict.confidence:.2f} < floor {policy.confidence_floor:.2f}"
-            with transaction.atomic():
-                settle(budget, held, cost)
-                complete(record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
-                         cost=cost, confidence=verdict.confidence, reason_suffix=f"; escalated: {why}")
+            settle(budget, held, record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
+                   cost=cost, confidence=verdict.confidence, reason_suffix=f"; escalated: {why}")
             reason = f"escalated from {spec.slug}: {why}"
             previous = record
             continue
-        # Settled and completed together: a pending record always means an unsettled hold (the reaper's rule).
-        with transaction.atomic():
-            settle(budget, held, cost)
-            complete(record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
-                     confidence=verdict.confidence)
+        settle(budget, held, record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
+               confidence=verdict.confidence)
         if cache_key is not None:
             cache.set(cache_key, outcome.values, timeout=policy.cache_ttl_seconds)
         return Routed(values=outcome.values, record=record, spec=spec, attempts=attempts)
@@ -379,16 +374,24 @@ def hold(*, budget: Budget | None, spec: ModelSpec, summary: Summary) -> tuple[D
     return None, ""
 
 
-def settle(budget: Budget | None, held: Decimal, cost: Decimal) -> None:
-    if budget is not None and held > 0:
+def settle(budget: Budget | None, held: Decimal, record: InferenceRecord, *, cost: Decimal, **completion: Any) -> None:
+    """Charge the actual cost and complete the record in one transaction: a record still pending
+    then always means a hold still outstanding, which is what the reaper relies on."""
+    if budget is None or held <= 0:
+        complete(record, cost=cost, **completion)
+        return
+    with transaction.atomic():
         settle_budget(budget=budget, reserved=held, actual=cost)
+        complete(record, cost=cost, **completion)
 
 
 def release(budget: Budget | None, held: Decimal, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
     """Free the hold and close the record in one transaction (see the reaper)."""
+    if budget is None or held <= 0:
+        fail(record, status=status, code=code, message=message)
+        return
     with transaction.atomic():
-        if budget is not None and held > 0:
-            release_budget(budget=budget, reserved=held)
+        release_budget(budget=budget, reserved=held)
         fail(record, status=status, code=code, message=message)
 
 

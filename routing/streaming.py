@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
 
 from inference.errors import InferenceError, InvalidInput
 from inference.payloads import Generation, GenerationInput
@@ -94,9 +93,7 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
                           units_out=float(result.tokens_out), tokens_in=None if spec.is_local else float(result.tokens_in),
                           tokens_out=None if spec.is_local else float(result.tokens_out))
         cost = actual_cost(spec, summary, outcome)
-        with transaction.atomic():
-            settle(budget, held, cost)
-            complete(record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
+        settle(budget, held, record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
         finished = True
         yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
         if include_usage:

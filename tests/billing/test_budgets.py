@@ -173,3 +173,12 @@ def test_a_tenant_reads_its_own_budget_and_nobody_elses(api, alice, bob):
     assert (mine["limit"], mine["spent"], mine["period"], mine["at_limit"]) == ("2.500000000000", "0.000000000000", "daily", "block")
     assert 0 <= mine["period_progress"] <= 1 and mine["remaining_fraction"] == 1.0
     assert api.get("/v1/budget", **bob.auth).json() == {"budget": None, "message": "No budget is set: spending is not limited."}
+
+
+def test_a_budget_adds_two_queries_to_the_hot_path(api, alice, starter, django_assert_num_queries):
+    budget_for(alice.tenant, "10")
+    post(api, "/v1/detect-language", {"text": "warm the model and last_used_at"}, alice)
+    # key+tenant+budget, hold (UPDATE), record insert; then in one transaction: settle, record update
+    with django_assert_num_queries(7):  # 5 statements + the transaction's SAVEPOINT and RELEASE in tests
+        response = post(api, "/v1/detect-language", {"text": "Das ist ein deutscher Satz."}, alice)
+    assert response.status_code == 200
