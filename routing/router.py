@@ -276,7 +276,12 @@ def _check_output_language(items: list[Any], values: list[Any], verdict: quality
     texts = [LanguageIdInput(text=value.text) for value in values if len(value.text) >= 20]
     if not texts:
         return verdict
-    guesses = get_pool().infer_many(lid.to_config(), texts, timeout=10)
+    try:
+        guesses = get_pool().infer_many(lid.to_config(), texts, timeout=10)
+    except (InferenceError, ValidationError, OSError) as exc:
+        # The check is a safeguard; when it cannot run, the translation is judged without it.
+        logger.warning("output language check skipped", extra={"model": lid.slug, "error": str(exc)})
+        return verdict
     wanted = [value.target.split("-")[0] for value in values if len(value.text) >= 20]
     for guess, target in zip(guesses, wanted):
         if guess and guess[0].probability > 0.5 and guess[0].language != target:
