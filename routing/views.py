@@ -9,6 +9,7 @@ import numpy as np
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
@@ -329,8 +330,6 @@ class FeedbackView(APIView):
     @extend_schema(request=s.FeedbackSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Rate an answer; feedback feeds routing self-tuning")
     def post(self, request: Request) -> Response:
         data = parse(s.FeedbackSerializer, request)
-        from django.utils import timezone
-
         # The answer the caller saw is the request's last completed attempt.
         record = (
             InferenceRecord.objects.filter(tenant=request.auth.tenant, request_id=data["request_id"],
