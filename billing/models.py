@@ -74,3 +74,15 @@ def period_bounds(period: str, custom_days: int | None, moment: datetime) -> tup
     start = day.replace(day=1)
     days = calendar.monthrange(start.year, start.month)[1]
     return start, start + timedelta(days=days)
+
+
+class RateCounter(models.Model):
+    """Requests counted per (limited subject, minute window), shared by every process on the database."""
+
+    bucket = models.CharField(max_length=64)
+    window_start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "window_start"], name="one_counter_per_window")]
+        indexes = [models.Index(fields=["window_start"], name="ratecounter_window")]

@@ -47,6 +47,10 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=50, unique=True, help_text="Stable identifier used in commands and logs.")
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    rpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name="requests per minute",
+        help_text="Rate limit shared by all the tenant's keys; empty means none.",
+    )
     store_full_text = models.BooleanField(
         default=False, help_text="Keep the full input of every inference (otherwise a digest and a short preview)."
     )
