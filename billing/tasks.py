@@ -6,6 +6,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from billing.ratelimits import purge
+from config.schedules import register_schedules
 
 SCHEDULES = {
     # name: (function, schedule type, minutes between runs)
@@ -19,9 +20,4 @@ def purge_rate_counters() -> int:
 
 
 def ensure_schedules(**kwargs: object) -> None:
-    from django_q.models import Schedule
-
-    for name, (func, schedule_type, minutes) in SCHEDULES.items():
-        Schedule.objects.update_or_create(
-            name=name, defaults={"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}
-        )
+    register_schedules(SCHEDULES)

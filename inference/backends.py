@@ -32,6 +32,6 @@ def backend_class(name: str) -> type[Backend]:
 
 def create_backend(config: ModelConfig) -> Backend:
     cls = backend_class(config.backend)
-    if cls.task != config.task and not (cls.task == "*"):
+    if cls.task != config.task:
         raise UnknownBackend(f"Backend {config.backend!r} serves {cls.task}, not {config.task}.")
     return cls(config)

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from config.schedules import register_schedules
 from routing.models import InferenceRecord
 
 logger = logging.getLogger("modelgate.routing")
@@ -45,9 +46,4 @@ def reap_abandoned(*, limit: int = 1000) -> int:
 
 
 def ensure_schedules(**kwargs: object) -> None:
-    from django_q.models import Schedule
-
-    for name, (func, schedule_type, minutes) in SCHEDULES.items():
-        Schedule.objects.update_or_create(
-            name=name, defaults={"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}
-        )
+    register_schedules(SCHEDULES)

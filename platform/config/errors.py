@@ -36,20 +36,10 @@ class ApiError(exceptions.APIException):
         self.details = details
 
 
-class InvalidRequest(ApiError):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "invalid_request"
-
-
 class NotFound(ApiError):
     status_code = status.HTTP_404_NOT_FOUND
     default_code = "not_found"
     default_detail = "Not found."
-
-
-class Conflict(ApiError):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
 
 
 class PayloadTooLarge(ApiError):

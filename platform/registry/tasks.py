@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from config.schedules import register_schedules
 from registry import services
 from registry.models import ModelSpec
 
@@ -30,10 +31,4 @@ def prepare_model(spec_id: int) -> str:
 
 
 def ensure_schedules(**kwargs: object) -> None:
-    """Create the registry's schedules if missing (runs after every migrate; idempotent)."""
-    from django_q.models import Schedule
-
-    for name, (func, schedule_type, minutes) in SCHEDULES.items():
-        Schedule.objects.update_or_create(
-            name=name, defaults={"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}
-        )
+    register_schedules(SCHEDULES)
