@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DATABASE = "bench_modelgate"
+# MODELGATE_BENCH_DB_SUFFIX lets two benchmark runs share one PostgreSQL server side by side.
+BENCH_DATABASE = "bench_modelgate" + (f"_{os.environ['MODELGATE_BENCH_DB_SUFFIX']}" if os.environ.get("MODELGATE_BENCH_DB_SUFFIX") else "")
 
 
 @dataclass

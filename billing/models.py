@@ -42,6 +42,9 @@ class Budget(models.Model):
         models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(100)]),
         default=default_thresholds, blank=True,
     )
+    alert_email = models.EmailField(blank=True, help_text="Where threshold alerts are mailed (when email is configured).")
+    webhook_url = models.URLField(blank=True, max_length=500, help_text="Threshold alerts are POSTed here, HMAC-signed.")
+    webhook_secret = models.TextField(blank=True, editable=False, help_text="Encrypted at rest; shown once when set.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -86,3 +89,106 @@ class RateCounter(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["bucket", "window_start"], name="one_counter_per_window")]
         indexes = [models.Index(fields=["window_start"], name="ratecounter_window")]
+
+
+class SpendLimit(models.Model):
+    """A sub-limit inside a tenant's budget: one API key, or one model, may spend at most `limit` in
+    the budget's period. Moved by the same conditional UPDATEs as the budget, in one transaction."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="sub_limits")
+    api_key = models.ForeignKey(
+        "tenants.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="spend_limits",
+        help_text="Limit this key's spending…",
+    )
+    model_slug = models.CharField(max_length=100, blank=True, help_text="…or this model's (a ModelSpec slug).")
+    limit = models.DecimalField(max_digits=20, decimal_places=12, validators=[MinValueValidator(Decimal("0"))])
+    spent = models.DecimalField(**MONEY)
+    reserved = models.DecimalField(**MONEY)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(spent__lte=models.F("limit")), name="sublimit_spent_within_limit"),
+            models.CheckConstraint(condition=models.Q(reserved__gte=0), name="sublimit_reserved_not_negative"),
+            models.CheckConstraint(
+                condition=(models.Q(api_key__isnull=False) & models.Q(model_slug=""))
+                | (models.Q(api_key__isnull=True) & ~models.Q(model_slug="")),
+                name="sublimit_key_xor_model",
+            ),
+            models.UniqueConstraint(fields=["budget", "api_key"], condition=models.Q(api_key__isnull=False), name="one_limit_per_key"),
+            models.UniqueConstraint(fields=["budget", "model_slug"], condition=~models.Q(model_slug=""), name="one_limit_per_model"),
+        ]
+
+    def __str__(self) -> str:
+        subject = f"key {self.api_key.prefix}" if self.api_key_id else f"model {self.model_slug}"
+        return f"{subject}: {self.spent:.4f} + {self.reserved:.4f} of {self.limit:.4f}"
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(Decimal("0"), self.limit - self.spent - self.reserved)
+
+
+class Alert(models.Model):
+    """A budget threshold crossed: one row per budget, period and threshold, whatever the concurrency."""
+
+    class Delivery(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Not configured"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alerts")
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit.")
+    spent = models.DecimalField(max_digits=20, decimal_places=12)
+    limit = models.DecimalField(max_digits=20, decimal_places=12)
+    created_at = models.DateTimeField(default=timezone.now)
+    email_status = models.CharField(max_length=16, choices=Delivery.choices, default=Delivery.PENDING)
+    webhook_status = models.CharField(max_length=16, choices=Delivery.choices, default=Delivery.PENDING)
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="one_alert_per_threshold"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}: {self.threshold}% of {self.limit:.4f}"
+
+
+class UsageDaily(models.Model):
+    """Inference records rolled up by tenant × day × model × task (× unit): what reports read."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_days")
+    day = models.DateField()
+    model_slug = models.CharField(max_length=100)
+    task = models.CharField(max_length=32)
+    unit = models.CharField(max_length=16, blank=True)
+    tier = models.CharField(max_length=16, blank=True)
+    is_local = models.BooleanField(default=True)
+    requests = models.PositiveIntegerField(default=0, help_text="Attempts recorded (escalations count once each).")
+    ok = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    escalated = models.PositiveIntegerField(default=0)
+    cached = models.PositiveIntegerField(default=0)
+    units_in = models.FloatField(default=0)
+    units_out = models.FloatField(default=0)
+    cost = models.DecimalField(**MONEY)
+    latency_ms_sum = models.FloatField(default=0)
+    compute_ms_sum = models.FloatField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-day", "tenant_id", "model_slug"]
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "day", "model_slug", "task", "unit"], name="one_usage_row_per_day"),
+        ]
+        indexes = [models.Index(fields=["tenant", "day"], name="usage_tenant_day")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.day} {self.model_slug} {self.task}"

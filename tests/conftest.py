@@ -1,6 +1,7 @@
 """The base every test builds on: tenant A with a full key and a narrower one, and tenant B who must see nothing of A."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -63,6 +64,18 @@ def fresh_routing_cache():
     config_cache.clear()
     yield
     config_cache.clear()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """MODELGATE_TEST_DB_SUFFIX gives a run its own test database, so that two runs can share one
+    PostgreSQL server (a benchmark beside the suite, two checkouts) without dropping each other's."""
+    suffix = os.environ.get("MODELGATE_TEST_DB_SUFFIX", "")
+    if not suffix:
+        return
+    for db_settings in settings.DATABASES.values():
+        test = db_settings.setdefault("TEST", {})
+        test["NAME"] = f"{test.get('NAME') or 'test_' + db_settings['NAME']}_{suffix}"
 
 
 @pytest.fixture

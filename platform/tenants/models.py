@@ -51,6 +51,10 @@ class Tenant(models.Model):
         null=True, blank=True, validators=[MinValueValidator(1)], verbose_name="requests per minute",
         help_text="Rate limit shared by all the tenant's keys; empty means none.",
     )
+    tpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name="tokens per minute",
+        help_text="Token rate limit (input + output) shared by all the tenant's keys; empty means none.",
+    )
     store_full_text = models.BooleanField(
         default=False, help_text="Keep the full input of every inference (otherwise a digest and a short preview)."
     )
@@ -88,6 +92,10 @@ class ApiKey(models.Model):
         validators=[MinValueValidator(1)],
         verbose_name="requests per minute",
         help_text="Per-key rate limit; empty means the tenant's default.",
+    )
+    tpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name="tokens per minute",
+        help_text="Per-key token rate limit (input + output); empty means none beyond the tenant's.",
     )
     local_only = models.BooleanField(default=False, help_text="Only local models may answer this key's requests.")
     allowed_models = ArrayField(
