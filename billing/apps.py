@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 
 class BillingConfig(AppConfig):
@@ -7,6 +7,11 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing, budgets and usage"
 
     def ready(self) -> None:
+        from billing.models import SpendLimit
         from billing.tasks import ensure_schedules
+        from routing import config_cache
 
         post_migrate.connect(ensure_schedules, sender=self)
+        # Sub-limits are read through the routing configuration cache (billing.services.sub_limits_for).
+        post_save.connect(config_cache.clear, sender=SpendLimit, dispatch_uid="billing-cache-save-SpendLimit")
+        post_delete.connect(config_cache.clear, sender=SpendLimit, dispatch_uid="billing-cache-delete-SpendLimit")

@@ -1,33 +1,31 @@
-"""Rate limits per key and per tenant (requests per minute), counted in PostgreSQL so that every
-process and machine shares one count: N replicas never allow N times the limit.
+"""Rate limits per key and per tenant — requests per minute and tokens per minute — counted in a store
+that every process and machine shares (PostgreSQL, or Redis when REDIS_URL is set): N replicas never
+allow N times the limit.
 
-A sliding window, approximated the usual way: the previous minute's count weighted by how much of
-it still overlaps the last 60 seconds, plus this minute's count. One statement per limited
-subject: an atomic upsert of this minute's counter that also reads the previous minute's.
+A sliding window, approximated the usual way: the previous minute's count weighted by how much of it
+still overlaps the last 60 seconds, plus this minute's count. Taking is one atomic step per limited
+subject (an upsert with a condition in PostgreSQL, a script in Redis): an amount is counted only when
+it fits, so a refused request does not eat into the next one's allowance.
 """
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-WINDOW = timedelta(minutes=1)
+from config.errors import ApiError
 
-_COUNT = """
-WITH current AS (
-    INSERT INTO billing_ratecounter (bucket, window_start, count) VALUES (%s, %s, 1)
-    ON CONFLICT (bucket, window_start) DO UPDATE SET count = billing_ratecounter.count + 1
-    RETURNING count
-)
-SELECT current.count,
-       COALESCE((SELECT count FROM billing_ratecounter WHERE bucket = %s AND window_start = %s), 0)
-FROM current
-"""
+WINDOW = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -36,19 +34,115 @@ class Verdict:
     remaining: int
     reset_seconds: float  # until this minute's window ends
     allowed: bool
+    window_start: datetime | None = None  # where a taken amount was counted (for adjust())
+
+
+class CounterStore(Protocol):
+    def take(self, bucket: str, amount: int, limit: int, now: datetime) -> Verdict: ...
+
+    def adjust(self, bucket: str, window_start: datetime, delta: int) -> None: ...
+
+
+def _verdict(*, limit: int, amount: int, current: int, previous: int, taken: bool, now: datetime, start: datetime) -> Verdict:
+    """`current` is this minute's count after the take (or as it stood, when refused)."""
+    elapsed = (now - start).total_seconds()
+    used = previous * (1 - elapsed / 60) + current
+    return Verdict(limit=limit, remaining=max(0, math.floor(limit - used)), reset_seconds=60 - elapsed,
+                   allowed=taken, window_start=start if taken else None)
+
+
+class PostgresStore:
+    """Counters in `billing_ratecounter`, one row per (subject, minute)."""
+
+    _TAKE = """
+    WITH previous AS (
+        SELECT COALESCE((SELECT count FROM billing_ratecounter WHERE bucket = %(bucket)s AND window_start = %(previous)s), 0) AS count
+    ), taken AS (
+        INSERT INTO billing_ratecounter (bucket, window_start, count)
+        SELECT %(bucket)s, %(start)s, %(amount)s FROM previous WHERE previous.count * %(weight)s + %(amount)s <= %(limit)s
+        ON CONFLICT (bucket, window_start) DO UPDATE SET count = billing_ratecounter.count + EXCLUDED.count
+        WHERE billing_ratecounter.count + EXCLUDED.count + (SELECT count FROM previous) * %(weight)s <= %(limit)s
+        RETURNING count
+    )
+    SELECT (SELECT count FROM taken), (SELECT count FROM previous),
+           COALESCE((SELECT count FROM billing_ratecounter WHERE bucket = %(bucket)s AND window_start = %(start)s), 0)
+    """
+
+    def take(self, bucket: str, amount: int, limit: int, now: datetime) -> Verdict:
+        start = now.replace(second=0, microsecond=0)
+        weight = 1 - (now - start).total_seconds() / 60
+        with connection.cursor() as cursor:
+            cursor.execute(self._TAKE, {"bucket": bucket, "start": start, "previous": start - WINDOW, "amount": amount,
+                                        "limit": limit, "weight": weight})
+            taken, previous, before = cursor.fetchone()
+        return _verdict(limit=limit, amount=amount, current=taken if taken is not None else before, previous=previous,
+                        taken=taken is not None, now=now, start=start)
+
+    def adjust(self, bucket: str, window_start: datetime, delta: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE billing_ratecounter SET count = GREATEST(count + %s, 0) WHERE bucket = %s AND window_start = %s",
+                [delta, bucket, window_start],
+            )
+
+
+class RedisStore:
+    """Counters as Redis keys that expire with their window; each step is one Lua script."""
+
+    _TAKE = """
+    local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+    local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+    local amount = tonumber(ARGV[1])
+    if previous * tonumber(ARGV[3]) + current + amount > tonumber(ARGV[2]) then
+        return {current, previous, 0}
+    end
+    current = redis.call('INCRBY', KEYS[1], amount)
+    redis.call('EXPIRE', KEYS[1], 180)
+    return {current, previous, 1}
+    """
+    _ADJUST = """
+    if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+    local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+    if value < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') end
+    return value
+    """
+
+    def __init__(self, url: str):
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.take_script = self.client.register_script(self._TAKE)
+        self.adjust_script = self.client.register_script(self._ADJUST)
+
+    @staticmethod
+    def _key(bucket: str, start: datetime) -> str:
+        return f"mg:rate:{bucket}:{int(start.timestamp())}"
+
+    def take(self, bucket: str, amount: int, limit: int, now: datetime) -> Verdict:
+        start = now.replace(second=0, microsecond=0)
+        weight = 1 - (now - start).total_seconds() / 60
+        current, previous, taken = self.take_script(
+            keys=[self._key(bucket, start), self._key(bucket, start - WINDOW)], args=[amount, limit, repr(weight)]
+        )
+        return _verdict(limit=limit, amount=amount, current=int(current), previous=int(previous), taken=bool(taken),
+                        now=now, start=start)
+
+    def adjust(self, bucket: str, window_start: datetime, delta: int) -> None:
+        self.adjust_script(keys=[self._key(bucket, window_start)], args=[delta])
+
+
+@functools.cache
+def _redis_store(url: str) -> RedisStore:
+    return RedisStore(url)
+
+
+def store() -> CounterStore:
+    return _redis_store(settings.REDIS_URL) if settings.REDIS_URL else PostgresStore()
 
 
 def hit(bucket: str, limit: int, now: datetime | None = None) -> Verdict:
-    """Count one request against `bucket` and say whether it is within `limit` per minute."""
-    now = now or timezone.now()
-    start = now.replace(second=0, microsecond=0)
-    with connection.cursor() as cursor:
-        cursor.execute(_COUNT, [bucket, start, bucket, start - WINDOW])
-        current, previous = cursor.fetchone()
-    elapsed = (now - start).total_seconds() / 60
-    used = previous * (1 - elapsed) + current
-    reset = 60 - (now - start).total_seconds()
-    return Verdict(limit=limit, remaining=max(0, math.floor(limit - used)), reset_seconds=reset, allowed=used <= limit)
+    """Count one request against `bucket` if it is within `limit` per minute."""
+    return store().take(bucket, 1, limit, now or timezone.now())
 
 
 def purge(before: datetime) -> int:
@@ -57,8 +151,9 @@ def purge(before: datetime) -> int:
     return RateCounter.objects.filter(window_start__lt=before).delete()[0]
 
 
+# --- requests per minute: a DRF throttle, before the view runs --------------------------------
 class RequestRateThrottle(BaseThrottle):
-    """DRF throttle: the key's limit, then the tenant's; the tightest result goes in the headers."""
+    """The key's limit, then the tenant's; the tightest result goes in the headers."""
 
     def allow_request(self, request: Request, view: object) -> bool:
         key = request.auth
@@ -78,3 +173,65 @@ class RequestRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return math.ceil(self.verdict.reset_seconds)
+
+
+# --- tokens per minute: taken by the router once it knows the request's size ------------------
+class TokenRateLimited(ApiError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "rate_limited"
+
+
+# The token verdict of the request being served, for the response headers (billing.middleware).
+token_verdict: contextvars.ContextVar[Verdict | None] = contextvars.ContextVar("token_verdict", default=None)
+
+
+@dataclass
+class TokenCharge:
+    """Tokens counted at admission (an upper bound), trued up to what the request used at the end."""
+
+    amount: int
+    taken: list[tuple[str, datetime]]
+
+    def true_up(self, used: float) -> None:
+        delta = math.ceil(used) - self.amount
+        if delta and self.taken:
+            counters = store()
+            for bucket, window_start in self.taken:
+                counters.adjust(bucket, window_start, delta)
+        self.amount += delta
+
+
+def take_tokens(key: object, amount: int) -> TokenCharge | None:
+    """Count `amount` tokens against the key's and the tenant's per-minute limits; raise 429 when
+    either has no room (then nothing is counted). None when no token limit applies: no query."""
+    limits = []
+    if getattr(key, "tpm_limit", None):
+        limits.append((f"tokens:key:{key.pk}", key.tpm_limit, "this key"))
+    tenant = key.tenant
+    if tenant.tpm_limit:
+        limits.append((f"tokens:tenant:{tenant.pk}", tenant.tpm_limit, "this tenant"))
+    if not limits or amount <= 0:
+        return None
+    counters, now = store(), timezone.now()
+    charge, verdicts = TokenCharge(amount=amount, taken=[]), []
+    for bucket, limit, whose in limits:
+        if amount > limit:
+            charge.true_up(0)
+            raise TokenRateLimited(
+                f"This request may use up to {amount} tokens (input and max output), more than the {limit} tokens per "
+                f"minute {whose} may use: send less text or a lower max_tokens.", code="request_too_large_for_limit",
+            )
+        verdict = counters.take(bucket, amount, limit, now)
+        verdicts.append(verdict)
+        if not verdict.allowed:
+            charge.true_up(0)  # give back what an earlier limit took
+            token_verdict.set(verdict)
+            wait = math.ceil(verdict.reset_seconds)
+            raise TokenRateLimited(
+                f"Token rate limit of {whose} reached: {limit} tokens per minute, {verdict.remaining} left; "
+                f"this request may use up to {amount}. Retry after {wait} s.",
+                headers={"Retry-After": str(wait)},
+            )
+        charge.taken.append((bucket, verdict.window_start))
+    token_verdict.set(min(verdicts, key=lambda v: v.remaining))
+    return charge

@@ -1,19 +1,23 @@
 """Money on the request path: reserve before a paid call, settle to the actual cost, release on failure.
 
-Every change is one conditional UPDATE in PostgreSQL, so concurrent requests — in any number of
+Every change is a conditional UPDATE in PostgreSQL, so concurrent requests — in any number of
 threads, processes or machines — cannot together spend past the limit: the row only moves when
-`spent + reserved + amount <= limit` still holds at the moment of the write.
+`spent + reserved + amount <= limit` still holds at the moment of the write. Sub-limits (per API key,
+per model) move in the same transaction as the budget: the hold is taken on all of them or on none.
 """
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from decimal import Decimal
 
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 from rest_framework import status
 
-from billing.models import Budget, period_bounds
+from billing.models import Budget, SpendLimit, period_bounds
 from config.errors import ApiError
 from tenants.models import Tenant
 
@@ -31,6 +35,29 @@ def budget_of(tenant: Tenant) -> Budget | None:
         return None
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Money held for one attempt: on the budget and on each sub-limit that applies to it."""
+
+    budget: Budget | None
+    amount: Decimal
+    sub_limits: tuple[int, ...] = ()
+
+    @property
+    def held(self) -> bool:
+        return self.budget is not None and self.amount > 0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a hold was not taken. A model's own sub-limit refuses only that model; the budget or a
+    key's sub-limit refuses the request (unless the budget serves local models at the limit)."""
+
+    message: str
+    model_only: bool = False
+    by_budget: bool = False  # the budget itself is full, not only a sub-limit
+
+
 def roll_over(budget: Budget) -> Budget:
     """Start the next period when the current one has ended; only one concurrent caller does it."""
     now = timezone.now()
@@ -38,35 +65,125 @@ def roll_over(budget: Budget) -> Budget:
         return budget
     start, end = period_bounds(budget.period, budget.custom_days, now)
     # In-flight reservations stay: they settle into the new period.
-    Budget.objects.filter(pk=budget.pk, period_end__lte=now).update(spent=Decimal("0"), period_start=start, period_end=end)
+    with transaction.atomic():
+        moved = Budget.objects.filter(pk=budget.pk, period_end__lte=now).update(
+            spent=Decimal("0"), period_start=start, period_end=end
+        )
+        if moved:
+            SpendLimit.objects.filter(budget_id=budget.pk).update(spent=Decimal("0"))
     budget.refresh_from_db()
     return budget
 
 
-def reserve_budget(*, budget: Budget, amount: Decimal) -> bool:
-    """Hold `amount` against the limit; False when it does not fit (nothing is held then)."""
+def sub_limits_for(budget: Budget, *, key_id: int | None, model_slug: str) -> tuple[int, ...]:
+    """The sub-limits an attempt by this key on this model counts against (cached like routing
+    configuration: a budget without sub-limits costs no query after the first request)."""
+    from routing import config_cache
+
+    limits = config_cache.remember(
+        ("sub-limits", budget.pk),
+        lambda: tuple(SpendLimit.objects.filter(budget_id=budget.pk).values_list("pk", "api_key_id", "model_slug")),
+    )
+    return tuple(pk for pk, api_key_id, slug in limits if (api_key_id and api_key_id == key_id) or (slug and slug == model_slug))
+
+
+def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model_slug: str = "") -> Hold | Refusal:
+    """Hold `amount` against the budget and its applicable sub-limits, all or nothing."""
     if amount <= 0:
-        return True
+        return Hold(budget=budget, amount=Decimal("0"))
     budget = roll_over(budget)
-    held = Budget.objects.filter(pk=budget.pk).filter(Q(limit__gte=F("spent") + F("reserved") + amount)).update(
-        reserved=F("reserved") + amount
+    subs = sub_limits_for(budget, key_id=key_id, model_slug=model_slug)
+    fits = Q(limit__gte=F("spent") + F("reserved") + amount)
+    # Without sub-limits the one UPDATE is atomic by itself: no transaction round trips.
+    sub_limit_full = False
+    with transaction.atomic() if subs else contextlib.nullcontext():
+        if not Budget.objects.filter(pk=budget.pk).filter(fits).update(reserved=F("reserved") + amount):
+            return Refusal(exceeded_message(budget), by_budget=True)
+        if subs:
+            moved = SpendLimit.objects.filter(pk__in=subs).filter(fits).update(reserved=F("reserved") + amount)
+            if moved < len(subs):
+                transaction.set_rollback(True)  # give the budget's hold back too
+                sub_limit_full = True
+    if sub_limit_full:
+        return _sub_limit_refusal(subs, amount)
+    return Hold(budget=budget, amount=amount, sub_limits=subs)
+
+
+def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal:
+    full = [limit for limit in SpendLimit.objects.filter(pk__in=subs).select_related("api_key", "budget")
+            if limit.spent + limit.reserved + amount > limit.limit]
+    if not full:  # freed in the meantime; the caller may try again
+        return Refusal("A spending sub-limit had no room for this request; retry.")
+    limit = full[0]
+    subject = f"API key {limit.api_key.prefix}" if limit.api_key_id else f"model {limit.model_slug}"
+    return Refusal(
+        f"The {limit.budget.period} spending limit of {limit.limit:.4f} for {subject} is used up "
+        f"({limit.spent:.4f} spent, {limit.reserved:.4f} held); it resets at "
+        f"{limit.budget.period_end.isoformat(timespec='seconds')}.",
+        model_only=all(not limit.api_key_id for limit in full),
     )
-    return held == 1
 
 
-def settle_budget(*, budget: Budget, reserved: Decimal, actual: Decimal) -> Decimal:
+_SETTLE = """
+UPDATE billing_budget
+   SET reserved = GREATEST(reserved - %(held)s, 0), spent = LEAST(spent + %(charged)s, "limit"), updated_at = now()
+ WHERE id = %(id)s
+RETURNING spent, "limit", period_start
+"""
+
+
+def settle(hold: Hold, actual: Decimal) -> Decimal:
     """Replace the hold by the actual cost, never charging more than was held (the hold is the
-    maximum the call could cost); returns what was charged."""
-    charged = min(actual, reserved) if reserved > 0 else Decimal("0")
-    Budget.objects.filter(pk=budget.pk).update(
-        reserved=Greatest(F("reserved") - reserved, Decimal("0")), spent=Least(F("spent") + charged, F("limit"))
-    )
+    maximum the call could cost); returns what was charged. A crossed alert threshold raises its
+    alert once the surrounding transaction commits."""
+    if not hold.held:
+        return Decimal("0")
+    charged = min(actual, hold.amount)
+    with connection.cursor() as cursor:
+        cursor.execute(_SETTLE, {"held": hold.amount, "charged": charged, "id": hold.budget.pk})
+        row = cursor.fetchone()
+    if hold.sub_limits:
+        SpendLimit.objects.filter(pk__in=hold.sub_limits).update(
+            reserved=Greatest(F("reserved") - hold.amount, Decimal("0")), spent=Least(F("spent") + charged, F("limit"))
+        )
+    if row is not None and charged > 0:
+        spent, limit, period_start = row
+        crossed = crossed_thresholds(hold.budget.alert_thresholds, before=spent - charged, after=spent, limit=limit)
+        if crossed:
+            from billing import alerts
+
+            budget_id, tenant_id = hold.budget.pk, hold.budget.tenant_id
+            transaction.on_commit(lambda: alerts.raise_alerts(
+                budget_id=budget_id, tenant_id=tenant_id, period_start=period_start, thresholds=crossed,
+                spent=spent, limit=limit,
+            ))
     return charged
 
 
-def release_budget(*, budget: Budget, reserved: Decimal) -> None:
-    if reserved > 0:
-        Budget.objects.filter(pk=budget.pk).update(reserved=Greatest(F("reserved") - reserved, Decimal("0")))
+def release(hold: Hold) -> None:
+    if not hold.held:
+        return
+    free = Greatest(F("reserved") - hold.amount, Decimal("0"))
+    Budget.objects.filter(pk=hold.budget.pk).update(reserved=free)
+    if hold.sub_limits:
+        SpendLimit.objects.filter(pk__in=hold.sub_limits).update(reserved=free)
+
+
+def release_reserved(budget: Budget, amount: Decimal, *, key_id: int | None, model_slug: str) -> None:
+    """Free a hold whose request is gone (the reaper): its sub-limits are found again from the
+    key and model it was taken for."""
+    subs = tuple(
+        SpendLimit.objects.filter(budget_id=budget.pk).filter(Q(api_key_id=key_id) | (Q(model_slug=model_slug) & ~Q(model_slug="")))
+        .values_list("pk", flat=True)
+    ) if key_id or model_slug else ()
+    release(Hold(budget=budget, amount=amount, sub_limits=subs))
+
+
+def crossed_thresholds(thresholds: list[int], *, before: Decimal, after: Decimal, limit: Decimal) -> list[int]:
+    """The alert thresholds (percent of the limit) that the move from `before` to `after` crossed."""
+    if limit <= 0:
+        return []
+    return sorted(t for t in set(thresholds) if before * 100 < t * limit <= after * 100)
 
 
 def exceeded_message(budget: Budget) -> str:

@@ -1,17 +1,38 @@
-"""Tenants read their own budget."""
+"""Tenants read their own budget, usage and alerts, and say where alerts go."""
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.services import budget_status
+from billing import alerts
+from billing.models import Alert
+from billing.services import budget_of, budget_status
+from billing.usage import GROUP_FIELDS, MAX_RANGE_DAYS, today, usage_report
+from config.errors import NotFound
+from routing.views import parse
 from tenants.models import Scope
+
+
+class AlertSettingsSerializer(serializers.Serializer):
+    alert_email = serializers.EmailField(required=False, allow_blank=True)
+    webhook_url = serializers.URLField(required=False, allow_blank=True, max_length=500)
+    rotate_webhook_secret = serializers.BooleanField(required=False, default=False,
+                                                     help_text="Issue a new signing secret for the current webhook.")
+
+    def validate(self, attrs: dict) -> dict:
+        if not {"alert_email", "webhook_url"} & attrs.keys() and not attrs.get("rotate_webhook_secret"):
+            raise serializers.ValidationError("Send alert_email, webhook_url or rotate_webhook_secret.")
+        return attrs
 
 
 class BudgetView(APIView):
@@ -31,4 +52,138 @@ class BudgetView(APIView):
                 return value.isoformat()
             return value
 
-        return Response({"budget": {name: plain(value) for name, value in status.items()}})
+        budget = budget_of(request.auth.tenant)
+        body = {name: plain(value) for name, value in status.items()}
+        body.update(alert_thresholds=budget.alert_thresholds, alert_email=budget.alert_email, webhook_url=budget.webhook_url)
+        return Response({"budget": body})
+
+    @extend_schema(
+        request=AlertSettingsSerializer, responses={200: OpenApiTypes.OBJECT},
+        summary="Where budget alerts go: an email address and a webhook (its signing secret is shown once)",
+    )
+    def patch(self, request: Request) -> Response:
+        # Limits are the operator's; where the alerts go is the tenant's, with a key that may do everything.
+        if not request.auth.has_scope(Scope.ALL):
+            raise PermissionDenied("Changing alert settings needs a key with every scope (*).")
+        budget = budget_of(request.auth.tenant)
+        if budget is None:
+            raise NotFound("No budget is set for this tenant; an operator sets one in the admin.")
+        data = parse(AlertSettingsSerializer, request)
+        body: dict[str, object] = {}
+        if "alert_email" in data:
+            budget.alert_email = data["alert_email"]
+        if "webhook_url" in data or data.get("rotate_webhook_secret"):
+            url = data.get("webhook_url", budget.webhook_url)
+            if not url and "webhook_url" not in data:
+                raise serializers.ValidationError({"rotate_webhook_secret": ["There is no webhook to rotate the secret of."]})
+            try:
+                secret = alerts.set_webhook(budget, url)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError({"webhook_url": exc.messages}) from None
+            if secret:
+                body["webhook_secret"] = secret
+        budget.save(update_fields=["alert_email", "webhook_url", "webhook_secret", "updated_at"])
+        body.update(alert_email=budget.alert_email, webhook_url=budget.webhook_url)
+        if "webhook_secret" in body:
+            body["message"] = "Keep the webhook secret now: it is not shown again. Requests carry x-modelgate-signature."
+        return Response(body)
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Alert
+        fields = ["id", "threshold", "spent", "limit", "period_start", "created_at", "email_status", "webhook_status",
+                  "webhook_attempts"]
+
+
+class AlertsView(generics.ListAPIView):
+    """The tenant's budget alerts, newest first."""
+
+    required_scope = Scope.USAGE
+    serializer_class = AlertSerializer
+
+    def get_queryset(self) -> QuerySet[Alert]:
+        return Alert.objects.filter(tenant=self.request.auth.tenant).order_by("-created_at")
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    group_by = serializers.ChoiceField(choices=list(GROUP_FIELDS), default="day", help_text="One row per day, model or task.")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        # `from` is a Python keyword: it cannot be declared as a class attribute.
+        fields["from"] = serializers.DateField(
+            required=False, input_formats=["%Y-%m-%d"], help_text="First day (UTC, YYYY-MM-DD); default: the first of `to`'s month."
+        )
+        fields["to"] = serializers.DateField(
+            required=False, input_formats=["%Y-%m-%d"], help_text="Last day, included (UTC, YYYY-MM-DD); default: today."
+        )
+        return fields
+
+    def validate(self, data: dict) -> dict:
+        data["to"] = data.get("to") or today()
+        data["from"] = data.get("from") or data["to"].replace(day=1)
+        if data["from"] > data["to"]:
+            raise serializers.ValidationError({"from": "Must not be after `to`."})
+        if (data["to"] - data["from"]).days + 1 > MAX_RANGE_DAYS:
+            raise serializers.ValidationError({"to": f"The range may span at most {MAX_RANGE_DAYS} days."})
+        return data
+
+
+class UsageSplitSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=12)
+
+
+class UsageSumsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField(help_text="Attempts recorded: an escalated request counts once per model tried.")
+    ok = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    escalated = serializers.IntegerField()
+    cached = serializers.IntegerField()
+    units = serializers.DictField(
+        child=serializers.DictField(child=serializers.FloatField()),
+        help_text='By kind of unit (tokens, characters, seconds, items): {"in": …, "out": …}. Kinds are never added together.',
+    )
+    cost = serializers.DecimalField(max_digits=20, decimal_places=12)
+    mean_latency_ms = serializers.FloatField(allow_null=True)
+    local = UsageSplitSerializer(help_text="Served by local models.")
+    premium = UsageSplitSerializer(help_text="Served by provider APIs (standard and premium tiers).")
+
+
+class UsageRowSerializer(UsageSumsSerializer):
+    day = serializers.DateField(required=False, help_text="With group_by=day.")
+    model = serializers.CharField(required=False, help_text="With group_by=model.")
+    task = serializers.CharField(required=False, help_text="With group_by=task.")
+
+
+class UsageReportSerializer(serializers.Serializer):
+    group_by = serializers.ChoiceField(choices=list(GROUP_FIELDS))
+    totals = UsageSumsSerializer()
+    rows = UsageRowSerializer(many=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["from"], fields["to"] = serializers.DateField(), serializers.DateField()
+        return fields
+
+
+class UsageView(APIView):
+    required_scope = Scope.USAGE
+
+    @extend_schema(
+        parameters=[UsageQuerySerializer], responses={200: UsageReportSerializer},
+        summary="The tenant's usage over a range of days: totals and one row per day, model or task",
+        description=(
+            "Read from the daily rollups, which are recomputed every five minutes: the last minutes may not show yet. "
+            f"The range is at most {MAX_RANGE_DAYS} days; the default is the current month (UTC)."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        return Response(
+            usage_report(tenant=request.auth.tenant, day_from=data["from"], day_to=data["to"], group_by=data["group_by"])
+        )

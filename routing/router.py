@@ -20,8 +20,10 @@ from rest_framework import status
 from config.errors import ApiError
 from inference.errors import InferenceError, InvalidInput
 from inference.payloads import GenerationInput
+from billing import services as billing
 from billing.models import Budget
-from billing.services import BudgetExceeded, budget_of, exceeded_message, release_budget, reserve_budget, settle_budget
+from billing.ratelimits import take_tokens
+from billing.services import BudgetExceeded, Hold, Refusal, budget_of
 from registry.models import ModelSpec
 from registry.services import ensure_prepared, get_pool
 from routing import config_cache, quality
@@ -118,29 +120,39 @@ def route(
             return Routed(values=hit, record=record, spec=candidates[0], attempts=[record])
 
     attempts: list[InferenceRecord] = []
+    charge = take_tokens(key, token_estimate(task, summary))
+    try:
+        return _attempt(key=key, task=task, items=items, summary=summary, request_id=request_id, model=model,
+                        units_out=units_out, tokens_in=tokens_in, policy=policy, candidates=candidates, reason=reason,
+                        complexity=complexity, cache_key=cache_key, attempts=attempts)
+    finally:
+        if charge is not None:
+            charge.true_up(sum(tokens_used(record) for record in attempts))
+
+
+def _attempt(*, key: ApiKey, task: str, items: list[Any], summary: Summary, request_id: str, model: str,
+             units_out: Callable[[list[Any]], float], tokens_in: Callable[[list[Any]], float] | None,
+             policy: RoutingPolicy, candidates: list[ModelSpec], reason: str, complexity: Any, cache_key: str | None,
+             attempts: list[InferenceRecord]) -> Routed:
     previous: InferenceRecord | None = None
     last_error: str = ""
     budget = budget_of(key.tenant)
     for position, spec in enumerate(candidates):
         has_next = position + 1 < len(candidates)
-        held, note = hold(budget=budget, spec=spec, summary=summary)
-        if held is None:
+        held, note = hold(budget=budget, key=key, spec=spec, summary=summary)
+        if isinstance(held, Refusal):
             # Reserve before the call: without room in the budget, the model is never called.
-            record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
-                           complexity=complexity, previous=previous, reserved=Decimal("0"))
-            attempts.append(record)
-            fail(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=exceeded_message(budget))
-            if budget.at_limit == budget.AtLimit.LOCAL_ONLY and any(c.is_local for c in candidates[position + 1:]):
-                reason, previous = f"{spec.slug} skipped: budget used up, local models only", record
-                continue
-            raise BudgetExceeded(exceeded_message(budget))
+            reason, previous = refuse(held, budget=budget, key=key, task=task, spec=spec, summary=summary,
+                                      request_id=request_id, reason=reason, complexity=complexity, previous=previous,
+                                      rest=candidates[position + 1:], attempts=attempts)
+            continue
         record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason + note,
-                       complexity=complexity, previous=previous, reserved=held)
+                       complexity=complexity, previous=previous, reserved=held.amount)
         attempts.append(record)
         try:
             outcome = execute(spec=spec, task=task, items=items, tenant=key.tenant)
         except InvalidInput as exc:
-            release(budget, held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
+            release(held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
             if not (has_next and model == "auto"):
                 raise InputRejected(str(exc)) from None
             # One model's limits (a prompt too long for a small local model) need not be the request's.
@@ -149,7 +161,7 @@ def route(
         except (InferenceError, ValidationError, OSError) as exc:
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
-            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
+            release(held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
             last_error = f"{spec.slug}: {message}"
             reason = f"fallback after {spec.slug} failed ({code})"
             previous = record
@@ -157,7 +169,7 @@ def route(
             continue
         except BaseException as exc:
             # The hold must never outlive the request, whatever happened.
-            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
+            release(held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
             raise
 
         verdict = quality.judge(task, items, outcome.values)
@@ -171,12 +183,12 @@ def route(
         below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
         if (verdict.problem or below_floor) and has_next and model == "auto":
             why = verdict.problem or f"confidence {verdict.confidence:.2f} < floor {policy.confidence_floor:.2f}"
-            settle(budget, held, record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
+            settle(held, record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
                    cost=cost, confidence=verdict.confidence, reason_suffix=f"; escalated: {why}")
             reason = f"escalated from {spec.slug}: {why}"
             previous = record
             continue
-        settle(budget, held, record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
+        settle(held, record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
                confidence=verdict.confidence)
         if cache_key is not None:
             cache.set(cache_key, outcome.values, timeout=policy.cache_ttl_seconds)
@@ -324,17 +336,23 @@ def complete(record: InferenceRecord, *, status: str, values: list[Any], outcome
     record.cached = cached
     record.confidence = confidence
     record.latency_ms = (now - record.created_at).total_seconds() * 1000
-    record.routing_reason += reason_suffix
+    changed = ["status", "completed_at", "output_preview", "items", "cost", "cached", "confidence", "latency_ms", "compute_ms"]
+    if reason_suffix:
+        record.routing_reason += reason_suffix
+        changed.append("routing_reason")
     if outcome is not None:
         record.queue_ms = outcome.queue_ms
         record.compute_ms = outcome.compute_ms
         record.units_out = outcome.units_out
+        changed += ["queue_ms", "units_out"]
         if outcome.tokens_in is not None:
             record.units_in = outcome.tokens_in
             record.unit = "tokens"
+            changed += ["units_in", "unit"]
     else:
         record.compute_ms = 0.0
-    record.save()
+    # Only what completion sets: the row was written whole at admission, and the rest stays as it was.
+    record.save(update_fields=changed)
 
 
 def fail(record: InferenceRecord, *, status: str, code: str, message: str) -> None:
@@ -365,39 +383,80 @@ def _preview(values: list[Any]) -> str:
     return text[:PREVIEW_CHARS]
 
 
-# --- money --------------------------------------------------------------------------------------
-def hold(*, budget: Budget | None, spec: ModelSpec, summary: Summary) -> tuple[Decimal | None, str]:
-    """Reserve the attempt's maximum cost: (amount held, note for the record), or (None, …) when the
-    budget has no room. Past the limit, a `local_only` budget still serves local models, uncharged."""
+# --- money ---------------------------------------------------------------------------------------
+def hold(*, budget: Budget | None, key: ApiKey, spec: ModelSpec, summary: Summary) -> tuple[Hold | Refusal, str]:
+    """Reserve the attempt's maximum cost: (the hold, note for the record), or (why not, …) when the
+    budget or a sub-limit has no room. Past the limit, a `local_only` budget still serves local models,
+    uncharged."""
     estimate = estimate_cost(spec, summary)
     if budget is None:
-        return estimate, ""
-    if reserve_budget(budget=budget, amount=estimate):
-        return estimate, ""
-    if spec.is_local and budget.at_limit == budget.AtLimit.LOCAL_ONLY:
-        return Decimal("0"), "; budget used up: served locally without charge"
-    return None, ""
+        return Hold(budget=None, amount=estimate), ""
+    result = billing.reserve(budget, estimate, key_id=key.pk, model_slug=spec.slug)
+    if isinstance(result, Refusal) and spec.is_local and not result.model_only and budget.at_limit == budget.AtLimit.LOCAL_ONLY:
+        return Hold(budget=None, amount=Decimal("0")), "; budget used up: served locally without charge"
+    return result, ""
 
 
-def settle(budget: Budget | None, held: Decimal, record: InferenceRecord, *, cost: Decimal, **completion: Any) -> None:
+def refuse(refusal: Refusal, *, budget: Budget, key: ApiKey, task: str, spec: ModelSpec, summary: Summary,
+           request_id: str, reason: str, complexity: Any, previous: InferenceRecord | None, rest: list[ModelSpec],
+           attempts: list[InferenceRecord]) -> tuple[str, InferenceRecord]:
+    """Record an attempt the money refused; return (reason, record) for trying the next candidate, or
+    raise 402 when none may answer."""
+    record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
+                   complexity=complexity, previous=previous, reserved=Decimal("0"))
+    attempts.append(record)
+    fail(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=refusal.message)
+    if refusal.by_budget:
+        from billing.alerts import budget_exhausted
+
+        budget_exhausted(budget)
+    if refusal.model_only and rest:
+        return f"{spec.slug} skipped: its spending limit is used up", record
+    if budget.at_limit == budget.AtLimit.LOCAL_ONLY and any(c.is_local for c in rest):
+        return f"{spec.slug} skipped: budget used up, local models only", record
+    raise BudgetExceeded(refusal.message)
+
+
+def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **completion: Any) -> None:
     """Charge the actual cost and complete the record in one transaction: a record still pending
     then always means a hold still outstanding, which is what the reaper relies on."""
-    if budget is None or held <= 0:
+    if not held.held:
         complete(record, cost=cost, **completion)
         return
     with transaction.atomic():
-        settle_budget(budget=budget, reserved=held, actual=cost)
+        billing.settle(held, cost)
         complete(record, cost=cost, **completion)
 
 
-def release(budget: Budget | None, held: Decimal, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
+def release(held: Hold, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
     """Free the hold and close the record in one transaction (see the reaper)."""
-    if budget is None or held <= 0:
+    if not held.held:
         fail(record, status=status, code=code, message=message)
         return
     with transaction.atomic():
-        release_budget(budget=budget, reserved=held)
+        billing.release(held)
         fail(record, status=status, code=code, message=message)
+
+
+TOKEN_TASKS = {"generation", "embeddings"}
+
+
+def token_estimate(task: str, summary: Summary) -> int:
+    """The most tokens a request can use, for tokens-per-minute limits (chat and embeddings; tasks
+    priced by characters or audio are held by requests per minute and the budget)."""
+    if task not in TOKEN_TASKS:
+        return 0
+    tokens_in = max(summary.units_in if summary.unit == "tokens" else 0, len(summary.text) / 2)
+    tokens_out = (summary.max_output_tokens or settings.MODELGATE_MAX_OUTPUT_TOKENS) if task == "generation" else 0
+    return int(tokens_in) + 1 + tokens_out
+
+
+def tokens_used(record: InferenceRecord) -> float:
+    """What an attempt actually consumed, for truing up the tokens-per-minute count."""
+    done = record.status in (InferenceRecord.Status.OK, InferenceRecord.Status.ESCALATED)
+    if not done or record.task not in TOKEN_TASKS or record.unit != "tokens" or record.cached:
+        return 0.0
+    return record.units_in + (record.units_out if record.task == "generation" else 0.0)
 
 
 def actual_cost(spec: ModelSpec, summary: Summary, outcome: Outcome) -> Decimal:

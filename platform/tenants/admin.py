@@ -26,7 +26,7 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "scopes", "rpm_limit", "expires_at"]
+        fields = ["tenant", "name", "scopes", "rpm_limit", "tpm_limit", "expires_at"]
 
 
 def _remember_secret(request: HttpRequest, key: ApiKey, plaintext: str) -> None:
@@ -58,7 +58,7 @@ class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     form = ApiKeyForm
     extra = 0
-    fields = ["name", "scopes", "rpm_limit", "expires_at", "prefix", "state", "last_used_at", "revoked_at"]
+    fields = ["name", "scopes", "rpm_limit", "tpm_limit", "expires_at", "prefix", "state", "last_used_at", "revoked_at"]
     readonly_fields = ["prefix", "state", "last_used_at", "revoked_at"]
     show_change_link = True
     can_delete = False
@@ -140,7 +140,7 @@ def revoke_keys(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Qu
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyForm
-    list_display = ["name", "tenant", "prefix", "scope_list", "rpm_limit", "state", "last_used_at", "expires_at"]
+    list_display = ["name", "tenant", "prefix", "scope_list", "rpm_limit", "tpm_limit", "state", "last_used_at", "expires_at"]
     list_filter = [KeyStateFilter, "tenant"]
     list_select_related = ["tenant"]
     search_fields = ["prefix", "name", "tenant__slug", "tenant__name"]

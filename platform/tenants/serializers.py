@@ -16,7 +16,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["prefix", "name", "scopes", "rpm_limit", "state", "created_at", "expires_at", "revoked_at", "last_used_at"]
+        fields = ["prefix", "name", "scopes", "rpm_limit", "tpm_limit", "state", "created_at", "expires_at", "revoked_at", "last_used_at"]
 
 
 class MeSerializer(serializers.Serializer):

@@ -22,6 +22,9 @@ def issue_api_key(
     name: str,
     scopes: list[str] | None = None,
     rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    local_only: bool = False,
+    allowed_models: list[str] | None = None,
     expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; the returned plaintext is the only copy of the secret there will ever be."""
@@ -30,6 +33,9 @@ def issue_api_key(
         name=name,
         scopes=list(scopes) if scopes else [Scope.ALL.value],
         rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        local_only=local_only,
+        allowed_models=list(allowed_models or []),
         expires_at=expires_at,
     )
     key.full_clean()
@@ -54,7 +60,8 @@ def rotate_api_key(*, key: ApiKey, grace: timedelta, now: datetime | None = None
     if old.is_revoked or old.is_expired(now):
         raise ValueError(f"Key {old.prefix} is {old.state}; only an active key can be rotated.")
     new, plaintext = issue_api_key(
-        tenant=old.tenant, name=old.name, scopes=old.scopes, rpm_limit=old.rpm_limit, expires_at=old.expires_at
+        tenant=old.tenant, name=old.name, scopes=old.scopes, rpm_limit=old.rpm_limit, tpm_limit=old.tpm_limit,
+        local_only=old.local_only, allowed_models=old.allowed_models, expires_at=old.expires_at,
     )
     if grace <= timedelta(0):
         old.revoked_at = now

@@ -13,7 +13,7 @@ import time_machine
 from django.db import IntegrityError, transaction
 
 from billing.models import Budget
-from billing.services import release_budget, reserve_budget, roll_over, settle_budget
+from billing.services import Hold, Refusal, release, reserve, roll_over, settle
 from routing.models import InferenceRecord
 from tests.routing.conftest import post, records
 from tests.routing.test_premium_routing import premium
@@ -27,21 +27,23 @@ def budget_for(tenant, limit: str, **fields) -> Budget:
 
 def test_reserve_settle_and_release_move_money_exactly(tenant_a):
     budget = budget_for(tenant_a, "1.0")
-    assert reserve_budget(budget=budget, amount=Decimal("0.6"))
-    assert not reserve_budget(budget=budget, amount=Decimal("0.5"))  # 0.6 held + 0.5 > 1.0
-    assert settle_budget(budget=budget, reserved=Decimal("0.6"), actual=Decimal("0.2")) == Decimal("0.2")
+    first = reserve(budget, Decimal("0.6"))
+    assert isinstance(first, Hold) and first.amount == Decimal("0.6")
+    refused = reserve(budget, Decimal("0.5"))  # 0.6 held + 0.5 > 1.0
+    assert isinstance(refused, Refusal) and refused.by_budget and not refused.model_only
+    assert settle(first, Decimal("0.2")) == Decimal("0.2")
     budget.refresh_from_db()
     assert (budget.spent, budget.reserved) == (Decimal("0.2"), Decimal("0"))
-    assert reserve_budget(budget=budget, amount=Decimal("0.8"))
-    release_budget(budget=budget, reserved=Decimal("0.8"))
+    second = reserve(budget, Decimal("0.8"))
+    assert isinstance(second, Hold)
+    release(second)
     budget.refresh_from_db()
     assert (budget.spent, budget.reserved, budget.remaining) == (Decimal("0.2"), Decimal("0"), Decimal("0.8"))
 
 
 def test_settlement_never_charges_more_than_was_held(tenant_a):
     budget = budget_for(tenant_a, "1.0")
-    reserve_budget(budget=budget, amount=Decimal("0.1"))
-    assert settle_budget(budget=budget, reserved=Decimal("0.1"), actual=Decimal("5")) == Decimal("0.1")
+    assert settle(reserve(budget, Decimal("0.1")), Decimal("5")) == Decimal("0.1")
 
 
 def test_the_database_refuses_an_overrun_whatever_the_code_path(tenant_a):
@@ -54,13 +56,12 @@ def test_the_period_rolls_over_at_the_boundary(tenant_a):
     with time_machine.travel(datetime(2026, 11, 30, 23, 59, 59, tzinfo=dt_timezone.utc), tick=False):
         budget = budget_for(tenant_a, "1.0", period=Budget.Period.MONTHLY)
         assert budget.period_end == datetime(2026, 12, 1, tzinfo=dt_timezone.utc)
-        reserve_budget(budget=budget, amount=Decimal("1.0"))
-        settle_budget(budget=budget, reserved=Decimal("1.0"), actual=Decimal("1.0"))
-        assert not reserve_budget(budget=budget, amount=Decimal("0.01"))
+        settle(reserve(budget, Decimal("1.0")), Decimal("1.0"))
+        assert isinstance(reserve(budget, Decimal("0.01")), Refusal)
     with time_machine.travel(datetime(2026, 12, 1, 0, 0, 1, tzinfo=dt_timezone.utc), tick=False):
         budget = roll_over(Budget.objects.get(pk=budget.pk))
         assert (budget.spent, budget.period_start.day, budget.period_end.month) == (Decimal("0"), 1, 1)
-        assert reserve_budget(budget=budget, amount=Decimal("0.5"))
+        assert isinstance(reserve(budget, Decimal("0.5")), Hold)
 
 
 def test_block_refuses_with_402_naming_the_budget_and_its_reset(api, alice, starter):
@@ -92,6 +93,20 @@ def test_a_provider_error_releases_the_hold(api, alice, starter, fake_providers)
     assert post(api, "/v1/chat/completions", CHAT, alice).status_code == 502
     budget = Budget.objects.get(tenant=alice.tenant)
     assert (budget.spent, budget.reserved) == (Decimal("0"), Decimal("0"))
+
+
+def test_a_provider_timeout_releases_the_hold(api, alice, starter, fake_providers):
+    spec = premium("gpt-fake", "generation", fake_providers, input="0", output="1")
+    spec.options = {**spec.options, "timeout": 0.5, "max_retries": 0}
+    spec.save()
+    budget_for(alice.tenant, "1.0")
+    fake_providers.hang(times=5)
+    assert post(api, "/v1/chat/completions", CHAT, alice, HTTP_X_REQUEST_ID="timeout-0001").status_code == 502
+    budget = Budget.objects.get(tenant=alice.tenant)
+    assert (budget.spent, budget.reserved) == (Decimal("0"), Decimal("0"))
+    record = records("timeout-0001")[0]
+    assert (record.status, record.reserved_cost) == ("error", Decimal("0.1"))
+    assert "timeout" in record.error_code or "timed out" in record.error_message.lower()
 
 
 @pytest.mark.django_db(transaction=True)  # closing a response ends the request, as on a real server
@@ -156,7 +171,7 @@ def test_the_reaper_frees_the_hold_of_a_request_whose_worker_died(alice, setting
     from routing.tasks import reap_abandoned
 
     budget = budget_for(alice.tenant, "1.0")
-    assert reserve_budget(budget=budget, amount=Decimal("0.4"))  # the dead worker's hold
+    assert isinstance(reserve(budget, Decimal("0.4")), Hold)  # the dead worker's hold
     InferenceRecord.objects.create(
         tenant=alice.tenant, api_key=alice.key, task="generation", model_slug="gpt-fake", request_id="died-000001",
         reserved_cost=Decimal("0.4"), created_at=datetime.now(dt_timezone.utc) - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 120),

@@ -2,12 +2,13 @@
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_path, env_str
+from config.env import env_bool, env_decimal, env_float, env_int, env_list, env_path, env_str
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,21 @@ def test_env_int_parses_and_checks_bounds():
         env_int("N", 3, min_value=1, environ={"N": "0"})
     with pytest.raises(ImproperlyConfigured, match="N must be at most 10; got 11"):
         env_int("N", 3, max_value=10, environ={"N": "11"})
+
+
+def test_env_float_and_env_decimal_parse_and_check_bounds():
+    assert env_float("F", 1.5, environ={"F": "0.25"}) == 0.25
+    assert env_decimal("D", "0.00002", environ={}) == Decimal("0.00002")
+    with pytest.raises(ImproperlyConfigured, match="F must be a number; got 'fast'"):
+        env_float("F", 1.0, environ={"F": "fast"})
+    with pytest.raises(ImproperlyConfigured, match="F must be a finite number"):
+        env_float("F", 1.0, environ={"F": "nan"})
+    with pytest.raises(ImproperlyConfigured, match="F must be at most 60"):
+        env_float("F", 1.0, max_value=60, environ={"F": "61"})
+    with pytest.raises(ImproperlyConfigured, match="D must be a decimal number; got 'cheap'"):
+        env_decimal("D", "0", environ={"D": "cheap"})
+    with pytest.raises(ImproperlyConfigured, match="D must be at least 0"):
+        env_decimal("D", "0", min_value="0", environ={"D": "-1"})
 
 
 def test_env_str_checks_choices():
@@ -70,6 +86,9 @@ def test_env_path_refuses_a_file(tmp_path):
         ("REDIS_URL", "localhost:6379", "REDIS_URL must start with redis://"),
         ("SECRET_KEY", "short", "SECRET_KEY must be at least 32 characters"),
         ("MODELGATE_BIND", "8000", "MODELGATE_BIND must be host:port"),
+        ("MODELGATE_WEBHOOK_RETRY_SECONDS", "soon", "MODELGATE_WEBHOOK_RETRY_SECONDS must be a number"),
+        ("MODELGATE_LOCAL_COMPUTE_PRICE", "free", "MODELGATE_LOCAL_COMPUTE_PRICE must be a decimal number"),
+        ("EMAIL_URL", "carrier-pigeon://coop", "EMAIL_URL is not a valid email URL"),
     ],
 )
 def test_a_bad_setting_stops_the_process_with_a_clear_message(variable, value, message):

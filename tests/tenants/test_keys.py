@@ -75,3 +75,13 @@ def test_a_revoked_key_cannot_be_rotated(alice):
 def test_revoking_twice_reports_the_second_as_a_no_op(alice):
     assert services.revoke_api_key(key=alice.key) is True
     assert services.revoke_api_key(key=alice.key) is False
+
+
+def test_rotation_keeps_every_limit_and_restriction_of_the_key(alice):
+    ApiKey.objects.filter(pk=alice.key.pk).update(
+        rpm_limit=30, tpm_limit=5000, local_only=True, allowed_models=["lid-176"], scopes=["classify"]
+    )
+    alice.key.refresh_from_db()
+    new_key, _ = services.rotate_api_key(key=alice.key, grace=timedelta(hours=1))
+    assert (new_key.rpm_limit, new_key.tpm_limit, new_key.local_only, new_key.allowed_models, new_key.scopes) == (
+        30, 5000, True, ["lid-176"], ["classify"])

@@ -45,6 +45,7 @@ class Command(BaseCommand):
         create.add_argument("--name", default="default")
         create.add_argument("--scopes", default="*", help=f"Comma-separated: {', '.join(Scope.values)}.")
         create.add_argument("--rpm", type=int, help="Requests per minute for this key.")
+        create.add_argument("--tpm", type=int, help="Tokens per minute for this key (chat and embeddings).")
         create.add_argument("--expires-in", help="Lifetime, e.g. 30d; never expires when omitted.")
         listing = actions.add_parser("list", help="List keys (prefixes and state, never secrets).")
         listing.add_argument("--tenant", help="Only this tenant's keys.")
@@ -57,13 +58,16 @@ class Command(BaseCommand):
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         getattr(self, f"_{action}")(**options)
 
-    def _create(self, *, tenant: str, name: str, scopes: str, rpm: int | None, expires_in: str | None, **_: Any) -> None:
-        if rpm is not None and rpm < 1:
-            raise CommandError("--rpm must be at least 1.")
+    def _create(self, *, tenant: str, name: str, scopes: str, rpm: int | None, tpm: int | None, expires_in: str | None,
+                **_: Any) -> None:
+        for flag, value in (("--rpm", rpm), ("--tpm", tpm)):
+            if value is not None and value < 1:
+                raise CommandError(f"{flag} must be at least 1.")
         expires_at = timezone.now() + parse_duration(expires_in) if expires_in else None
         try:
             key, plaintext = services.issue_api_key(
-                tenant=get_tenant(tenant), name=name, scopes=parse_scopes(scopes), rpm_limit=rpm, expires_at=expires_at
+                tenant=get_tenant(tenant), name=name, scopes=parse_scopes(scopes), rpm_limit=rpm, tpm_limit=tpm,
+                expires_at=expires_at,
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None

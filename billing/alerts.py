@@ -1,0 +1,218 @@
+"""Budget alerts: once per budget, period and threshold — an Alert row, a log line, an email when
+email is configured, and an HMAC-signed webhook with retries when the tenant set one.
+
+Raising happens on the request path (one INSERT … ON CONFLICT DO NOTHING, after the settlement
+commits, and only when a threshold was crossed); delivery runs in the background (django-q2), so a
+slow webhook never slows a request.
+
+Webhook receivers verify `x-modelgate-signature: v1=<hex>`, the HMAC-SHA256 of
+`"<x-modelgate-timestamp>.<raw body>"` under the secret shown when the webhook was set, and should
+refuse timestamps older than a few minutes (replays).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import time
+from datetime import datetime
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+import httpx2
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import connection
+
+from billing.models import Alert, Budget
+
+logger = logging.getLogger("modelgate.billing")
+
+_INSERT = """
+INSERT INTO billing_alert (tenant_id, budget_id, period_start, threshold, spent, "limit", created_at,
+                           email_status, webhook_status, webhook_attempts, last_error)
+VALUES (%s, %s, %s, %s, %s, %s, now(), 'pending', 'pending', 0, '')
+ON CONFLICT (budget_id, period_start, threshold) DO NOTHING
+RETURNING id
+"""
+
+# Thresholds already raised by this process: a budget that keeps refusing requests must not cost an
+# INSERT each time. The unique constraint stays the guarantee across processes.
+_raised: set[tuple[int, datetime, int]] = set()
+
+
+def raise_alerts(*, budget_id: int, tenant_id: int, period_start: datetime, thresholds: list[int], spent: Decimal,
+                 limit: Decimal) -> list[int]:
+    """Record each newly crossed threshold and queue its delivery; returns the new alerts' ids."""
+    created = []
+    for threshold in thresholds:
+        marker = (budget_id, period_start, threshold)
+        if marker in _raised:
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute(_INSERT, [tenant_id, budget_id, period_start, threshold, spent, limit])
+            row = cursor.fetchone()
+        if len(_raised) > 100_000:
+            _raised.clear()
+        _raised.add(marker)
+        if row is None:
+            continue  # another request or process raised it first
+        created.append(row[0])
+        logger.warning("budget threshold crossed", extra={
+            "tenant_id": tenant_id, "budget_id": budget_id, "threshold": threshold, "spent": str(spent), "limit": str(limit),
+        })
+        _queue(row[0])
+    return created
+
+
+def budget_exhausted(budget: Budget) -> list[int]:
+    """A request the budget refused: the limit is reached for all purposes, so the highest threshold
+    (usually 100%) fires even though settled spending stopped just short of it."""
+    if not budget.alert_thresholds:
+        return []
+    return raise_alerts(budget_id=budget.pk, tenant_id=budget.tenant_id, period_start=budget.period_start,
+                        thresholds=[max(budget.alert_thresholds)], spent=budget.spent, limit=budget.limit)
+
+
+def _queue(alert_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("billing.alerts.deliver", alert_id, task_name=f"alert-{alert_id}", timeout=_delivery_timeout())
+
+
+def _delivery_timeout() -> int:
+    attempts = settings.MODELGATE_WEBHOOK_ATTEMPTS
+    backoff = settings.MODELGATE_WEBHOOK_RETRY_SECONDS * (2 ** attempts)
+    return int(attempts * settings.MODELGATE_WEBHOOK_TIMEOUT + backoff + 60)
+
+
+# --- delivery (background) ----------------------------------------------------------------------
+def payload(alert: Alert) -> dict[str, object]:
+    budget = alert.budget
+    return {
+        "type": "budget.threshold_crossed",
+        "alert_id": alert.pk,
+        "tenant": alert.tenant.slug,
+        "threshold_percent": alert.threshold,
+        "spent": f"{alert.spent:f}",
+        "limit": f"{alert.limit:f}",
+        "period": budget.period,
+        "period_start": alert.period_start.isoformat(),
+        "period_end": budget.period_end.isoformat(),
+        "at_limit": budget.at_limit,
+        "created_at": alert.created_at.isoformat(),
+    }
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def deliver(alert_id: int) -> dict[str, str]:
+    """Send the alert by email and webhook; each channel's outcome is stored on the row."""
+    alert = Alert.objects.select_related("budget", "tenant").get(pk=alert_id)
+    body = payload(alert)
+    email_status = _email(alert, body) if alert.email_status == Alert.Delivery.PENDING else alert.email_status
+    Alert.objects.filter(pk=alert.pk).update(email_status=email_status)
+    webhook_status = alert.webhook_status
+    if webhook_status == Alert.Delivery.PENDING:
+        webhook_status = _webhook(alert, body)
+    return {"email": email_status, "webhook": webhook_status}
+
+
+def _email(alert: Alert, body: dict[str, object]) -> str:
+    address = alert.budget.alert_email
+    if not address or not settings.MODELGATE_ALERT_EMAILS:
+        return Alert.Delivery.SKIPPED
+    subject = f"Modelgate: {alert.tenant.slug} has used {alert.threshold}% of its {alert.budget.period} budget"
+    text = (
+        f"Tenant {alert.tenant.slug} has spent {alert.spent:.4f} of its budget of {alert.limit:.4f} "
+        f"({alert.threshold}% threshold). The period ends at {body['period_end']}; at the limit the budget "
+        f"will {'refuse paid requests' if alert.budget.at_limit == Budget.AtLimit.BLOCK else 'serve local models only'}."
+    )
+    try:
+        send_mail(subject, text, None, [address])
+    except (OSError, ValueError) as exc:
+        Alert.objects.filter(pk=alert.pk).update(last_error=f"email: {exc}"[:2000])
+        logger.warning("alert email failed", extra={"alert_id": alert.pk, "error": str(exc)})
+        return Alert.Delivery.FAILED
+    return Alert.Delivery.SENT
+
+
+def _webhook(alert: Alert, body: dict[str, object]) -> str:
+    budget = alert.budget
+    if not budget.webhook_url or not budget.webhook_secret:
+        Alert.objects.filter(pk=alert.pk).update(webhook_status=Alert.Delivery.SKIPPED)
+        return Alert.Delivery.SKIPPED
+    from routing.crypto import decrypt
+
+    secret = decrypt(budget.webhook_secret)
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    error = ""
+    for attempt in range(1, settings.MODELGATE_WEBHOOK_ATTEMPTS + 1):
+        if attempt > 1:
+            time.sleep(settings.MODELGATE_WEBHOOK_RETRY_SECONDS * 2 ** (attempt - 2))
+        try:
+            check_webhook_url(budget.webhook_url)  # again at send time: DNS may have changed
+            timestamp = str(int(time.time()))
+            response = httpx2.post(
+                budget.webhook_url, content=raw, timeout=settings.MODELGATE_WEBHOOK_TIMEOUT, follow_redirects=False,
+                headers={"content-type": "application/json", "user-agent": "Modelgate-Alerts/1",
+                         "x-modelgate-event": "budget.threshold_crossed", "x-modelgate-timestamp": timestamp,
+                         "x-modelgate-signature": sign(secret, timestamp, raw)},
+            )
+            if 200 <= response.status_code < 300:
+                Alert.objects.filter(pk=alert.pk).update(webhook_status=Alert.Delivery.SENT, webhook_attempts=attempt)
+                return Alert.Delivery.SENT
+            error = f"webhook answered {response.status_code}"
+        except ValidationError as exc:
+            error = f"webhook refused: {'; '.join(exc.messages)}"
+            Alert.objects.filter(pk=alert.pk).update(webhook_attempts=attempt, last_error=error)
+            break
+        except httpx2.HTTPError as exc:
+            error = f"webhook failed: {exc.__class__.__name__}: {exc}"
+        Alert.objects.filter(pk=alert.pk).update(webhook_attempts=attempt, last_error=error[:2000])
+    logger.warning("alert webhook failed", extra={"alert_id": alert.pk, "error": error})
+    Alert.objects.filter(pk=alert.pk).update(webhook_status=Alert.Delivery.FAILED)
+    return Alert.Delivery.FAILED
+
+
+# --- webhook settings -----------------------------------------------------------------------------
+def check_webhook_url(url: str) -> None:
+    """https or http only, and — unless the operator allows it — no private, loopback or link-local
+    target: a tenant's webhook must not reach into the network Modelgate runs in."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("The webhook URL must be an http:// or https:// URL with a host.")
+    if parts.username or parts.password:
+        raise ValidationError("The webhook URL must not carry credentials; verify the signature instead.")
+    if settings.MODELGATE_WEBHOOK_ALLOW_PRIVATE:
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)}
+    except socket.gaierror:
+        raise ValidationError(f"The webhook host {parts.hostname!r} does not resolve.") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise ValidationError(f"The webhook host {parts.hostname!r} resolves to a non-public address ({ip}).")
+
+
+def set_webhook(budget: Budget, url: str) -> str | None:
+    """Point the budget's alerts at `url` (empty: no webhook); returns the new signing secret, which
+    is stored encrypted and shown only now."""
+    from routing.crypto import encrypt
+
+    if not url:
+        budget.webhook_url, budget.webhook_secret = "", ""
+        return None
+    check_webhook_url(url)
+    secret = f"whsec_{secrets.token_urlsafe(32)}"
+    budget.webhook_url, budget.webhook_secret = url, encrypt(secret)
+    return secret
