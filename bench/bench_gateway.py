@@ -2,7 +2,8 @@
 
 Side by side, in one run: (a) POST /v1/chat/completions through Modelgate (auth, route, record, call the
 provider, respond) in front of a fake OpenAI server that answers at once; (b) that fake server called
-directly with the same body; (c) GET /health of the same gunicorn (every middleware, no key, no database).
+directly with the same body; (c) a bare Django view on the same server, the framework's floor: GET /health of the
+same gunicorn, through every middleware, with no key, no serializer and no database.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from harness import ROOT, Table
 
@@ -73,6 +76,7 @@ class Target:
     label: str
     url: str
     script: Path
+    server: psutil.Process  # whose CPU time the target's requests cost
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Measure:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float  # the server's CPU time per request: unlike latency, barely moved by other work on the machine
 
 
 def run() -> Table:
@@ -88,6 +93,7 @@ def run() -> Table:
     if wrk is None:
         raise RuntimeError("The gateway benchmark needs the wrk load generator: apt-get install wrk")
     wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0].split(" Copyright")[0]
+    load_before = os.getloadavg()[0]
 
     from django.conf import settings
     from django.db import connection
@@ -129,13 +135,14 @@ def run() -> Table:
             _check_one_answer(gateway_url, body, secret)
             first_answer_ms = (time.perf_counter() - started) * 1000
 
+            server, provider = psutil.Process(gunicorn.pid), psutil.Process(fake.pid)
             targets = {
                 "a": Target("(a) Modelgate POST /v1/chat/completions → fake provider", f"{gateway_url}/v1/chat/completions",
-                            _script(workdir / "a.lua", "POST", body, {"Authorization": f"Bearer {secret}"})),
+                            _script(workdir / "a.lua", "POST", body, {"Authorization": f"Bearer {secret}"}), server),
                 "b": Target("(b) fake provider direct POST /v1/chat/completions", f"{fake_url}/v1/chat/completions",
-                            _script(workdir / "b.lua", "POST", body, {"Authorization": f"Bearer {OPERATOR_KEY}"})),
-                "c": Target("(c) Modelgate GET /health (middleware only)", f"{gateway_url}/health",
-                            _script(workdir / "c.lua", "GET", None, {})),
+                            _script(workdir / "b.lua", "POST", body, {"Authorization": f"Bearer {OPERATOR_KEY}"}), provider),
+                "c": Target("(c) bare Django view: GET /health, same server and middleware", f"{gateway_url}/health",
+                            _script(workdir / "c.lua", "GET", None, {}), server),
             }
             answered_a = 1  # _check_one_answer
             for name, target in targets.items():
@@ -169,16 +176,17 @@ def run() -> Table:
     for _, connections in LOADS:
         for name, target in targets.items():
             rows.append([target.label, connections, median(name, connections, "rps"),
-                         median(name, connections, "p50_ms"), median(name, connections, "p99_ms")])
+                         median(name, connections, "p50_ms"), median(name, connections, "p99_ms"),
+                         median(name, connections, "cpu_ms")])
     added = median("a", 1, "p50_ms") - median("b", 1, "p50_ms")
     ratio = median("a", 32, "rps") / median("c", 32, "rps")
     rows.append([f"added by Modelgate at p50, c=1: p50(a) − p50(b) (target ≤ {TARGET_ADDED_P50_MS:g} ms: "
-                 f"{'met' if added <= TARGET_ADDED_P50_MS else 'missed'})", 1, "", round(added, 2), ""])
+                 f"{'met' if added <= TARGET_ADDED_P50_MS else 'missed'})", 1, "", round(added, 2), "", ""])
     rows.append([f"throughput (a)/(c) at c=32 (target ≥ {TARGET_THROUGHPUT_RATIO:.0%}: "
-                 f"{'met' if ratio >= TARGET_THROUGHPUT_RATIO else 'missed'})", 32, f"{ratio:.0%}", "", ""])
+                 f"{'met' if ratio >= TARGET_THROUGHPUT_RATIO else 'missed'})", 32, f"{ratio:.0%}", "", "", ""])
     return Table(
         title="Gateway overhead — wrk against gunicorn (gthread), premium chat in front of an instant fake provider",
-        columns=["target", "connections", "requests/s", "p50 ms", "p99 ms"],
+        columns=["target", "connections", "requests/s", "p50 ms", "p99 ms", "server CPU ms/request"],
         rows=rows,
         notes=[
             f"{wrk_version}; each cell is the median of {ROUNDS} runs of {DURATION_SECONDS} s with `--latency` "
@@ -193,7 +201,11 @@ def run() -> Table:
             "the warm-up keeps it out of the table.",
             f"Every request of (a) was recorded: {recorded} inference records, all `ok`, for the {answered_a} answers wrk "
             "counted (records also cover requests still in flight when a run ended).",
-            f"wrk, gunicorn, the fake provider and PostgreSQL share the machine's {os.cpu_count()} cores.",
+            "Server CPU: user and system time of gunicorn's processes for (a) and (c), of the fake's for (b), during the "
+            "run, per request wrk counted; for (a) it leaves out what PostgreSQL and the fake spend on the same request.",
+            f"wrk, gunicorn, the fake provider and PostgreSQL share the machine's {os.cpu_count()} cores; its 1-minute "
+            f"load average was {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after (other work slows every "
+            "target, (a) at c=1 most: each of its requests waits for the CPU several times).",
         ],
         command="make bench BENCH=gateway",
     )
@@ -314,7 +326,9 @@ _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 def _wrk(wrk: str, target: Target, *, threads: int, connections: int, seconds: int) -> Measure:
     command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
                "-s", str(target.script), target.url]
+    cpu_before = _cpu_seconds(target.server)
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    cpu = _cpu_seconds(target.server) - cpu_before
     out = done.stdout
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed on {target.label}: {done.stderr or out}")
@@ -342,4 +356,9 @@ def _wrk(wrk: str, target: Target, *, threads: int, connections: int, seconds: i
     rps = float(find(r"^Requests/sec:\s+([\d.]+)").group(1))
     if requests == 0:
         raise RuntimeError(f"{target.label}: no answer at all; wrk said:\n{out}")
-    return Measure(requests=requests, rps=rps, p50_ms=latency(50), p99_ms=latency(99))
+    return Measure(requests=requests, rps=rps, p50_ms=latency(50), p99_ms=latency(99), cpu_ms=cpu * 1000 / requests)
+
+
+def _cpu_seconds(server: psutil.Process) -> float:
+    """User and system time of a server and its workers so far."""
+    return sum(sum(process.cpu_times()[:2]) for process in (server, *server.children(recursive=True)))

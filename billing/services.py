@@ -7,13 +7,13 @@ per model) move in the same transaction as the budget: the hold is taken on all 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Greatest, Least
+from django.db.models import F, Model, Q, QuerySet
+from django.db.models.sql import InsertQuery, UpdateQuery
+from django.db.models.functions import Greatest
 from django.utils import timezone
 from rest_framework import status
 
@@ -87,26 +87,68 @@ def sub_limits_for(budget: Budget, *, key_id: int | None, model_slug: str) -> tu
     return tuple(pk for pk, api_key_id, slug in limits if (api_key_id and api_key_id == key_id) or (slug and slug == model_slug))
 
 
-def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model_slug: str = "") -> Hold | Refusal:
-    """Hold `amount` against the budget and its applicable sub-limits, all or nothing."""
+# One statement holds on the sub-limits and then — only if every one of them had room — on the budget.
+_HOLD = """
+WITH subs AS (
+    UPDATE billing_spendlimit SET reserved = reserved + %s
+     WHERE id = ANY(%s) AND "limit" >= spent + reserved + %s
+    RETURNING id
+), budget AS (
+    UPDATE billing_budget SET reserved = reserved + %s
+     WHERE id = %s AND "limit" >= spent + reserved + %s AND (SELECT count(*) FROM subs) = %s
+    RETURNING id
+)
+"""
+_HOLD_RESULT = "(SELECT count(*) FROM budget), ARRAY(SELECT id FROM subs)"
+
+
+def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model_slug: str = "",
+            insert: Model | None = None) -> Hold | Refusal:
+    """Hold `amount` against the budget and its applicable sub-limits, all or nothing, in one statement.
+
+    `insert` (an unsaved row, e.g. the attempt's pending record) is written by that same statement
+    whatever the outcome: one round trip and one commit for both, and never a hold without its record.
+    """
     if amount <= 0:
+        if insert is not None:
+            insert.save(force_insert=True)
         return Hold(budget=budget, amount=Decimal("0"))
     budget = roll_over(budget)
-    subs = sub_limits_for(budget, key_id=key_id, model_slug=model_slug)
-    fits = Q(limit__gte=F("spent") + F("reserved") + amount)
-    # Without sub-limits the one UPDATE is atomic by itself: no transaction round trips.
-    sub_limit_full = False
-    with transaction.atomic() if subs else contextlib.nullcontext():
-        if not Budget.objects.filter(pk=budget.pk).filter(fits).update(reserved=F("reserved") + amount):
-            return Refusal(exceeded_message(budget), by_budget=True)
-        if subs:
-            moved = SpendLimit.objects.filter(pk__in=subs).filter(fits).update(reserved=F("reserved") + amount)
-            if moved < len(subs):
-                transaction.set_rollback(True)  # give the budget's hold back too
-                sub_limit_full = True
-    if sub_limit_full:
-        return _sub_limit_refusal(subs, amount)
-    return Hold(budget=budget, amount=amount, sub_limits=subs)
+    subs = list(sub_limits_for(budget, key_id=key_id, model_slug=model_slug))
+    params = [amount, subs, amount, amount, budget.pk, amount, len(subs)]
+    with connection.cursor() as cursor:
+        if insert is None:
+            cursor.execute(f"{_HOLD} SELECT {_HOLD_RESULT}", params)
+        else:
+            insert_sql, insert_params = _insert_sql(insert)
+            cursor.execute(f"{_HOLD} {insert_sql} RETURNING {_HOLD_RESULT}", params + insert_params)
+            insert._state.adding, insert._state.db = False, connection.alias
+        held, moved = cursor.fetchone()
+    if held:
+        return Hold(budget=budget, amount=amount, sub_limits=tuple(subs))
+    if moved:
+        # The sub-limits had room but the budget had not: give their share back.
+        SpendLimit.objects.filter(pk__in=moved).update(reserved=Greatest(F("reserved") - amount, Decimal("0")))
+    if len(moved) == len(subs):
+        return Refusal(exceeded_message(budget), by_budget=True)
+    return _sub_limit_refusal(tuple(pk for pk in subs if pk not in moved), amount)
+
+
+def _insert_sql(row: Model) -> tuple[str, list[object]]:
+    """The INSERT Django would send for `row` (its primary key must already be set)."""
+    fields = [field for field in row._meta.local_concrete_fields if not field.generated]
+    query = InsertQuery(type(row))
+    query.insert_values(fields, [row])
+    ((statement, params),) = query.get_compiler(connection=connection).as_sql()
+    return statement, list(params)
+
+
+def _update_sql(queryset: QuerySet, values: dict[str, object]) -> tuple[str, list[object]]:
+    """The UPDATE Django would send for `queryset.update(**values)`."""
+    query = queryset.query.chain(UpdateQuery)
+    query.add_update_values(values)
+    statement, params = query.get_compiler(connection=connection).as_sql()
+    return statement, list(params)
 
 
 def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal:
@@ -124,29 +166,47 @@ def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal:
     )
 
 
+# Sub-limits and budget move in one statement (a WITH clause runs whether or not the rest reads it).
 _SETTLE = """
-UPDATE billing_budget
-   SET reserved = GREATEST(reserved - %(held)s, 0), spent = LEAST(spent + %(charged)s, "limit"), updated_at = now()
- WHERE id = %(id)s
-RETURNING spent, "limit", period_start
+WITH subs AS (
+    UPDATE billing_spendlimit SET reserved = GREATEST(reserved - %s, 0), spent = LEAST(spent + %s, "limit")
+     WHERE id = ANY(%s)
+), budget AS (
+    UPDATE billing_budget
+       SET reserved = GREATEST(reserved - %s, 0), spent = LEAST(spent + %s, "limit"), updated_at = now()
+     WHERE id = %s
+    RETURNING spent, "limit", period_start
+)
+"""
+_SETTLE_RESULT = "(SELECT spent FROM budget), (SELECT \"limit\" FROM budget), (SELECT period_start FROM budget)"
+_RELEASE = """
+WITH subs AS (
+    UPDATE billing_spendlimit SET reserved = GREATEST(reserved - %s, 0) WHERE id = ANY(%s)
+), budget AS (
+    UPDATE billing_budget SET reserved = GREATEST(reserved - %s, 0) WHERE id = %s
+)
 """
 
 
-def settle(hold: Hold, actual: Decimal) -> Decimal:
+def settle(hold: Hold, actual: Decimal, *, update: tuple[QuerySet, dict[str, object]] | None = None) -> Decimal:
     """Replace the hold by the actual cost, never charging more than was held (the hold is the
-    maximum the call could cost); returns what was charged. A crossed alert threshold raises its
-    alert once the surrounding transaction commits."""
+    maximum the call could cost); returns what was charged. `update` (a queryset and its new values,
+    e.g. the record's completion) is applied by the same statement. A crossed alert threshold raises
+    its alert once the surrounding transaction, if any, commits."""
     if not hold.held:
+        if update is not None:
+            update[0].update(**update[1])
         return Decimal("0")
     charged = min(actual, hold.amount)
+    params = [hold.amount, charged, list(hold.sub_limits), hold.amount, charged, hold.budget.pk]
     with connection.cursor() as cursor:
-        cursor.execute(_SETTLE, {"held": hold.amount, "charged": charged, "id": hold.budget.pk})
+        if update is None:
+            cursor.execute(f"{_SETTLE} SELECT {_SETTLE_RESULT}", params)
+        else:
+            update_sql, update_params = _update_sql(*update)
+            cursor.execute(f"{_SETTLE} {update_sql} RETURNING {_SETTLE_RESULT}", params + update_params)
         row = cursor.fetchone()
-    if hold.sub_limits:
-        SpendLimit.objects.filter(pk__in=hold.sub_limits).update(
-            reserved=Greatest(F("reserved") - hold.amount, Decimal("0")), spent=Least(F("spent") + charged, F("limit"))
-        )
-    if row is not None and charged > 0:
+    if row is not None and row[0] is not None and charged > 0:
         spent, limit, period_start = row
         crossed = crossed_thresholds(hold.budget.alert_thresholds, before=spent - charged, after=spent, limit=limit)
         if crossed:
@@ -160,13 +220,19 @@ def settle(hold: Hold, actual: Decimal) -> Decimal:
     return charged
 
 
-def release(hold: Hold) -> None:
+def release(hold: Hold, *, update: tuple[QuerySet, dict[str, object]] | None = None) -> None:
+    """Free the hold; `update` as for settle()."""
     if not hold.held:
+        if update is not None:
+            update[0].update(**update[1])
         return
-    free = Greatest(F("reserved") - hold.amount, Decimal("0"))
-    Budget.objects.filter(pk=hold.budget.pk).update(reserved=free)
-    if hold.sub_limits:
-        SpendLimit.objects.filter(pk__in=hold.sub_limits).update(reserved=free)
+    params = [hold.amount, list(hold.sub_limits), hold.amount, hold.budget.pk]
+    with connection.cursor() as cursor:
+        if update is None:
+            cursor.execute(f"{_RELEASE} SELECT 1", params)
+        else:
+            update_sql, update_params = _update_sql(*update)
+            cursor.execute(f"{_RELEASE} {update_sql}", params + update_params)
 
 
 def release_reserved(budget: Budget, amount: Decimal, *, key_id: int | None, model_slug: str) -> None:
@@ -194,9 +260,9 @@ def exceeded_message(budget: Budget) -> str:
     )
 
 
-def budget_status(tenant: Tenant) -> dict[str, object] | None:
-    """What the router (and the self-tuner) may weigh: how much is left, and how far the period is."""
-    budget = budget_of(tenant)
+def budget_status(budget: Budget | None) -> dict[str, object] | None:
+    """What the router (and the self-tuner) may weigh: how much is left, and how far the period is.
+    The router passes `budget_of(tenant)` (the copy that came with the key, seconds old at most)."""
     if budget is None:
         return None
     now = timezone.now()

@@ -548,19 +548,25 @@ class OpenAIProvider(Provider):
         return params
 
     def _complete(self, *, model: str, params: dict[str, Any], request: GenerationInput, timeout: float) -> Generation:
-        response = self.client.chat.completions.create(model=model, timeout=timeout, **params)
+        # The SDK's own request path (retries, auth, errors), without create()'s two costliest steps: its
+        # TypedDict transform of params that are plain JSON already (about 1 ms a call) and a model
+        # object built from an answer of which four fields are read. The wire request is the same.
+        response = self.client.post(
+            "/chat/completions", body={"model": model, **params}, cast_to=httpx2.Response, options={"timeout": timeout}
+        )
+        answer = response.json()
         with _reading(self.name):
-            choice = response.choices[0]
-            refusal = getattr(choice.message, "refusal", None)
-            if refusal:
+            choice = answer["choices"][0]
+            message = choice["message"]
+            if message.get("refusal"):
                 raise ProviderBadOutput(f"{self.name}: the model refused to answer.", provider=self.name)
-            text = _text(choice.message.content)
-            finish = _finish_reason(choice.finish_reason or "stop", provider=self.name)
-            usage = response.usage
+            text = _text(message.get("content"))
+            finish = _finish_reason(choice.get("finish_reason") or "stop", provider=self.name)
+            usage = answer.get("usage")
             return Generation(
                 text=text,
-                tokens_in=_tokens(None if usage is None else usage.prompt_tokens, _prompt_text(request), provider=self.name),
-                tokens_out=_tokens(None if usage is None else usage.completion_tokens, text, provider=self.name),
+                tokens_in=_tokens(None if usage is None else usage.get("prompt_tokens"), _prompt_text(request), provider=self.name),
+                tokens_out=_tokens(None if usage is None else usage.get("completion_tokens"), text, provider=self.name),
                 finish_reason=finish,
             )
 

@@ -12,7 +12,6 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework import status
@@ -139,15 +138,13 @@ def _attempt(*, key: ApiKey, task: str, items: list[Any], summary: Summary, requ
     budget = budget_of(key.tenant)
     for position, spec in enumerate(candidates):
         has_next = position + 1 < len(candidates)
-        held, note = hold(budget=budget, key=key, spec=spec, summary=summary)
+        held, record = hold_and_admit(budget=budget, key=key, task=task, spec=spec, summary=summary,
+                                      request_id=request_id, reason=reason, complexity=complexity, previous=previous)
         if isinstance(held, Refusal):
             # Reserve before the call: without room in the budget, the model is never called.
-            reason, previous = refuse(held, budget=budget, key=key, task=task, spec=spec, summary=summary,
-                                      request_id=request_id, reason=reason, complexity=complexity, previous=previous,
-                                      rest=candidates[position + 1:], attempts=attempts)
+            reason, previous = refuse(held, record, budget=budget, spec=spec, rest=candidates[position + 1:],
+                                      attempts=attempts)
             continue
-        record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason + note,
-                       complexity=complexity, previous=previous, reserved=held.amount)
         attempts.append(record)
         try:
             outcome = execute(spec=spec, task=task, items=items, tenant=key.tenant)
@@ -302,10 +299,11 @@ def _check_output_language(items: list[Any], values: list[Any], verdict: quality
 
 
 # --- records ------------------------------------------------------------------------------------
-def admit(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_id: str, reason: str,
-           complexity: Any, previous: InferenceRecord | None, reserved: Decimal = Decimal("0")) -> InferenceRecord:
+def new_record(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_id: str, reason: str,
+               complexity: Any, previous: InferenceRecord | None, reserved: Decimal = Decimal("0")) -> InferenceRecord:
+    """The attempt's pending record, not saved yet."""
     text = summary.text
-    return InferenceRecord.objects.create(
+    return InferenceRecord(
         request_id=request_id,
         tenant_id=key.tenant_id,
         api_key=key,
@@ -325,8 +323,15 @@ def admit(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_
     )
 
 
-def complete(record: InferenceRecord, *, status: str, values: list[Any], outcome: Outcome | None, cost: Decimal,
-              confidence: float | None = None, cached: bool = False, reason_suffix: str = "") -> None:
+def admit(**fields: Any) -> InferenceRecord:
+    record = new_record(**fields)
+    record.save(force_insert=True)
+    return record
+
+
+def completion(record: InferenceRecord, *, status: str, values: list[Any], outcome: Outcome | None, cost: Decimal,
+               confidence: float | None = None, cached: bool = False, reason_suffix: str = "") -> dict[str, Any]:
+    """Complete `record` in memory; returns the columns to write (the row was written whole at admission)."""
     now = timezone.now()
     record.status = status
     record.completed_at = now
@@ -351,17 +356,25 @@ def complete(record: InferenceRecord, *, status: str, values: list[Any], outcome
             changed += ["units_in", "unit"]
     else:
         record.compute_ms = 0.0
-    # Only what completion sets: the row was written whole at admission, and the rest stays as it was.
-    record.save(update_fields=changed)
+    return {name: getattr(record, name) for name in changed}
 
 
-def fail(record: InferenceRecord, *, status: str, code: str, message: str) -> None:
+def complete(record: InferenceRecord, **fields: Any) -> None:
+    InferenceRecord.objects.filter(pk=record.pk).update(**completion(record, **fields))
+
+
+def failure(record: InferenceRecord, *, status: str, code: str, message: str) -> dict[str, Any]:
+    """Close `record` as failed in memory; returns the columns to write."""
     now = timezone.now()
-    InferenceRecord.objects.filter(pk=record.pk).update(
-        status=status, completed_at=now, error_code=code[:64], error_message=message[:2000],
-        latency_ms=(now - record.created_at).total_seconds() * 1000,
-    )
-    record.status, record.error_code, record.error_message = status, code, message
+    record.status, record.completed_at = status, now
+    record.error_code, record.error_message = code[:64], message[:2000]
+    record.latency_ms = (now - record.created_at).total_seconds() * 1000
+    return {"status": status, "completed_at": now, "error_code": record.error_code,
+            "error_message": record.error_message, "latency_ms": record.latency_ms}
+
+
+def fail(record: InferenceRecord, **fields: Any) -> None:
+    InferenceRecord.objects.filter(pk=record.pk).update(**failure(record, **fields))
 
 
 def _preview(values: list[Any]) -> str:
@@ -384,28 +397,41 @@ def _preview(values: list[Any]) -> str:
 
 
 # --- money ---------------------------------------------------------------------------------------
-def hold(*, budget: Budget | None, key: ApiKey, spec: ModelSpec, summary: Summary) -> tuple[Hold | Refusal, str]:
-    """Reserve the attempt's maximum cost: (the hold, note for the record), or (why not, …) when the
-    budget or a sub-limit has no room. Past the limit, a `local_only` budget still serves local models,
-    uncharged."""
+# With a budget, every step that moves money writes the record in the same SQL statement: one round
+# trip and one commit, as without a budget, and never money moved without the record that says why
+# (a pending record always means a hold outstanding, which is what the reaper relies on).
+def hold_and_admit(*, budget: Budget | None, key: ApiKey, task: str, spec: ModelSpec, summary: Summary,
+                   request_id: str, reason: str, complexity: Any,
+                   previous: InferenceRecord | None) -> tuple[Hold | Refusal, InferenceRecord]:
+    """Reserve the attempt's maximum cost and write its pending record. On a Refusal the record is
+    written too, for refuse() to close. Past the limit, a `local_only` budget still serves local
+    models, uncharged."""
     estimate = estimate_cost(spec, summary)
+    record = new_record(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
+                        complexity=complexity, previous=previous, reserved=estimate)
     if budget is None:
-        return Hold(budget=None, amount=estimate), ""
-    result = billing.reserve(budget, estimate, key_id=key.pk, model_slug=spec.slug)
+        record.save(force_insert=True)
+        return Hold(budget=None, amount=estimate), record
+    result = billing.reserve(budget, estimate, key_id=key.pk, model_slug=spec.slug, insert=record)
     if isinstance(result, Refusal) and spec.is_local and not result.model_only and budget.at_limit == budget.AtLimit.LOCAL_ONLY:
-        return Hold(budget=None, amount=Decimal("0")), "; budget used up: served locally without charge"
-    return result, ""
+        record.reserved_cost = Decimal("0")
+        record.routing_reason += "; budget used up: served locally without charge"
+        InferenceRecord.objects.filter(pk=record.pk).update(reserved_cost=record.reserved_cost,
+                                                            routing_reason=record.routing_reason)
+        return Hold(budget=None, amount=Decimal("0")), record
+    return result, record
 
 
-def refuse(refusal: Refusal, *, budget: Budget, key: ApiKey, task: str, spec: ModelSpec, summary: Summary,
-           request_id: str, reason: str, complexity: Any, previous: InferenceRecord | None, rest: list[ModelSpec],
+def refuse(refusal: Refusal, record: InferenceRecord, *, budget: Budget, spec: ModelSpec, rest: list[ModelSpec],
            attempts: list[InferenceRecord]) -> tuple[str, InferenceRecord]:
-    """Record an attempt the money refused; return (reason, record) for trying the next candidate, or
+    """Close an attempt the money refused; return (reason, record) for trying the next candidate, or
     raise 402 when none may answer."""
-    record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
-                   complexity=complexity, previous=previous, reserved=Decimal("0"))
     attempts.append(record)
-    fail(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=refusal.message)
+    record.reserved_cost = Decimal("0")
+    InferenceRecord.objects.filter(pk=record.pk).update(
+        reserved_cost=record.reserved_cost,
+        **failure(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=refusal.message),
+    )
     if refusal.by_budget:
         from billing.alerts import budget_exhausted
 
@@ -417,25 +443,15 @@ def refuse(refusal: Refusal, *, budget: Budget, key: ApiKey, task: str, spec: Mo
     raise BudgetExceeded(refusal.message)
 
 
-def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **completion: Any) -> None:
-    """Charge the actual cost and complete the record in one transaction: a record still pending
-    then always means a hold still outstanding, which is what the reaper relies on."""
-    if not held.held:
-        complete(record, cost=cost, **completion)
-        return
-    with transaction.atomic():
-        billing.settle(held, cost)
-        complete(record, cost=cost, **completion)
+def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **fields: Any) -> None:
+    """Charge the actual cost and complete the record, together."""
+    billing.settle(held, cost, update=(InferenceRecord.objects.filter(pk=record.pk), completion(record, cost=cost, **fields)))
 
 
 def release(held: Hold, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
-    """Free the hold and close the record in one transaction (see the reaper)."""
-    if not held.held:
-        fail(record, status=status, code=code, message=message)
-        return
-    with transaction.atomic():
-        billing.release(held)
-        fail(record, status=status, code=code, message=message)
+    """Free the hold and close the record, together."""
+    billing.release(held, update=(InferenceRecord.objects.filter(pk=record.pk),
+                                  failure(record, status=status, code=code, message=message)))
 
 
 TOKEN_TASKS = {"generation", "embeddings"}

@@ -16,7 +16,7 @@ from routing.models import InferenceRecord
 from billing.ratelimits import TokenCharge, take_tokens
 from billing.services import Hold, Refusal, budget_of
 from routing.router import (
-    InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, admit, hold, plan, refuse, release, settle, token_estimate,
+    InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, hold_and_admit, plan, refuse, release, settle, token_estimate,
     tokens_used,
 )
 from tenants.models import ApiKey
@@ -57,15 +57,13 @@ def _start(*, key: ApiKey, item: GenerationInput, summary: Summary, request_id: 
     attempts: list[InferenceRecord] = []
     budget = budget_of(key.tenant)
     for position, spec in enumerate(candidates):
-        held, note = hold(budget=budget, key=key, spec=spec, summary=summary)
-        if isinstance(held, Refusal):
-            reason, previous = refuse(held, budget=budget, key=key, task="generation", spec=spec, summary=summary,
+        held, record = hold_and_admit(budget=budget, key=key, task="generation", spec=spec, summary=summary,
                                       request_id=request_id, reason=reason + "; streamed", complexity=complexity,
-                                      previous=previous, rest=candidates[position + 1:], attempts=attempts)
+                                      previous=previous)
+        if isinstance(held, Refusal):
+            reason, previous = refuse(held, record, budget=budget, spec=spec, rest=candidates[position + 1:],
+                                      attempts=attempts)
             continue
-        record = admit(key=key, task="generation", spec=spec, summary=summary, request_id=request_id,
-                       reason=reason + "; streamed" + note, complexity=complexity, previous=previous,
-                       reserved=held.amount)
         try:
             stream = _open(spec, item, key.tenant)
         except InvalidInput as exc:

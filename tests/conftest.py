@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import pytest
 from django.conf import settings
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from tenants import services
@@ -64,6 +66,38 @@ def fresh_routing_cache():
     config_cache.clear()
     yield
     config_cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def no_key_cache():
+    """Tests change keys and tenants with update() and expect the very next request to see it, which the
+    key cache by design does not; its own tests, and the pin of a premium request's queries, turn it on."""
+    from tenants.authentication import recent_keys
+
+    recent_keys.forget()
+    with override_settings(MODELGATE_KEY_CACHE_SECONDS=0):
+        yield
+    recent_keys.forget()
+
+
+@pytest.fixture
+def key_cache(settings):
+    """The key cache as it runs in production, on a clock the test moves."""
+    from tenants.authentication import recent_keys
+
+    settings.MODELGATE_KEY_CACHE_SECONDS = 2
+    clock = ManualClock()
+    recent_keys.clock = clock
+    yield clock
+    recent_keys.clock = time.monotonic
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(scope="session")

@@ -33,18 +33,19 @@ class RequestIdMiddleware:
         try:
             response = self.get_response(request)
             response[REQUEST_ID_HEADER] = request_id
-            key = getattr(request, "auth", None)
-            access_log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "tenant": getattr(getattr(key, "tenant", None), "slug", None),
-                    "key_prefix": getattr(key, "prefix", None),
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):  # at WARNING, not even the fields are gathered
+                key = getattr(request, "auth", None)
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "tenant": getattr(getattr(key, "tenant", None), "slug", None),
+                        "key_prefix": getattr(key, "prefix", None),
+                    },
+                )
             return response
         finally:
             current_request_id.reset(token)

@@ -1,6 +1,10 @@
 """API-key authentication (the key is the principal) and the tenant-scoped default permission."""
 from __future__ import annotations
 
+import copy
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -13,10 +17,62 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from tenants.models import KEY_PATTERN, ApiKey
+from tenants.models import KEY_PATTERN, ApiKey, Tenant
 
 # Compared against when the prefix is unknown, so a miss costs the same work as a wrong secret.
 _UNKNOWN_KEY = ApiKey(secret_hash=ApiKey.hash_secret("no such key"))
+
+
+class RecentKeys:
+    """Keys that authenticated in the last MODELGATE_KEY_CACHE_SECONDS, so that a busy key costs no query.
+    The price is a bounded delay: a key revoked, a tenant suspended or a scope or limit changed elsewhere
+    is seen once the entry expires (expiry dates are still checked on every request). Each request gets
+    its own copies of the rows (the budget's included)."""
+
+    LIMIT = 10_000  # entries; far above the keys one process sees in a few seconds
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[float, ApiKey]] = {}
+
+    def get(self, prefix: str, secret: str) -> tuple[ApiKey, ApiKey] | None:
+        """(the kept row, a private copy for this request), or None when there is no fresh entry."""
+        # Found by the secret's digest: a wrong secret misses, and pays the query and constant-time compare.
+        entry = self._entries.get((prefix, ApiKey.hash_secret(secret)))
+        if entry is None or entry[0] <= self.clock():
+            return None
+        return entry[1], _private_copy(entry[1])
+
+    def put(self, key: ApiKey) -> None:
+        ttl = settings.MODELGATE_KEY_CACHE_SECONDS
+        if ttl <= 0:
+            return
+        kept = _private_copy(key)
+        with self._lock:
+            if len(self._entries) >= self.LIMIT:
+                self._entries.clear()
+            self._entries[(key.prefix, key.secret_hash)] = (self.clock() + ttl, kept)
+
+    def forget(self, **signal: Any) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _private_copy(key: ApiKey) -> ApiKey:
+    tenant = copy.copy(key.tenant)
+    budget = Tenant._meta.get_field("budget")
+    kept = budget.get_cached_value(tenant, default=None)
+    if kept is not None:
+        # The budget's settings ride along; its amounts may be stale, which nothing relies on: money
+        # only moves by conditional UPDATEs in the database, and /v1/budget reads the row afresh.
+        budget.set_cached_value(tenant, copy.copy(kept))
+    private = copy.copy(key)
+    private.tenant = tenant
+    return private
+
+
+recent_keys = RecentKeys()
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -34,15 +90,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "The API key is malformed: expected mg_<prefix>_<secret>.", code="malformed_api_key"
             )
-        try:
-            # get(), not first(): no ORDER BY, and the prefix is unique.
-            # The tenant's budget comes in the same query: routing needs it on every paid request.
-            key = ApiKey.objects.select_related("tenant", "tenant__budget").get(prefix=match["prefix"])
-        except ApiKey.DoesNotExist:
-            key = None
-        candidate = key if key is not None else _UNKNOWN_KEY
-        if not candidate.matches(match["secret"]) or key is None:
-            raise exceptions.AuthenticationFailed("The API key is not valid.", code="invalid_api_key")
+        recent = recent_keys.get(match["prefix"], match["secret"])
+        key = recent[1] if recent is not None else self._verified(match["prefix"], match["secret"])
         now = timezone.now()
         if key.is_revoked:
             raise exceptions.AuthenticationFailed("This API key was revoked.", code="key_revoked")
@@ -50,8 +99,24 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("This API key has expired.", code="key_expired")
         if not key.tenant.is_active:
             raise exceptions.PermissionDenied("This tenant is suspended.", code="tenant_suspended")
-        self._touch(key, now)
+        if self._touch(key, now) and recent is not None:
+            recent[0].last_used_at = now
+        if recent is None:
+            recent_keys.put(key)
         return AnonymousUser(), key
+
+    @staticmethod
+    def _verified(prefix: str, secret: str) -> ApiKey:
+        try:
+            # get(), not first(): no ORDER BY, and the prefix is unique.
+            # The tenant's budget comes in the same query: routing needs it on every paid request.
+            key = ApiKey.objects.select_related("tenant", "tenant__budget").get(prefix=prefix)
+        except ApiKey.DoesNotExist:
+            key = None
+        candidate = key if key is not None else _UNKNOWN_KEY
+        if not candidate.matches(secret) or key is None:
+            raise exceptions.AuthenticationFailed("The API key is not valid.", code="invalid_api_key")
+        return key
 
     @staticmethod
     def _raw_key(request: Request) -> str | None:
@@ -69,16 +134,17 @@ class ApiKeyAuthentication(BaseAuthentication):
         return None
 
     @staticmethod
-    def _touch(key: ApiKey, now: Any) -> None:
+    def _touch(key: ApiKey, now: Any) -> bool:
         """Record use at most once per resolution window: a busy key should not write on every request."""
         cutoff = now - timedelta(seconds=settings.MODELGATE_KEY_LAST_USED_RESOLUTION)
         if key.last_used_at is not None and key.last_used_at > cutoff:
-            return
+            return False
         # Conditional, so that concurrent requests in the same window write once between them.
         ApiKey.objects.filter(pk=key.pk).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=cutoff)).update(
             last_used_at=now
         )
         key.last_used_at = now
+        return True
 
 
 class TenantScopePermission(BasePermission):

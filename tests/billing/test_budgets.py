@@ -190,10 +190,23 @@ def test_a_tenant_reads_its_own_budget_and_nobody_elses(api, alice, bob):
     assert api.get("/v1/budget", **bob.auth).json() == {"budget": None, "message": "No budget is set: spending is not limited."}
 
 
-def test_a_budget_adds_two_queries_to_the_hot_path(api, alice, starter, django_assert_num_queries):
+def test_a_budget_adds_no_query_to_the_hot_path(api, alice, starter, django_assert_num_queries):
     budget_for(alice.tenant, "10")
     post(api, "/v1/detect-language", {"text": "warm the model and last_used_at"}, alice)
-    # key+tenant+budget, hold (UPDATE), record insert; then in one transaction: settle, record update
-    with django_assert_num_queries(7):  # 5 statements + the transaction's SAVEPOINT and RELEASE in tests
+    # key+tenant+budget; the hold and the record's INSERT in one statement; the settlement and the record's
+    # UPDATE in another: the same three queries and two commits as without a budget.
+    with django_assert_num_queries(3):
         response = post(api, "/v1/detect-language", {"text": "Das ist ein deutscher Satz."}, alice)
     assert response.status_code == 200
+
+
+def test_a_key_served_from_the_key_cache_brings_its_budget_without_a_query(api, alice, starter, key_cache,
+                                                                           django_assert_num_queries):
+    budget = budget_for(alice.tenant, "10")
+    post(api, "/v1/detect-language", {"text": "warm the model and last_used_at"}, alice)
+    with django_assert_num_queries(2):  # hold with the record's insert, settlement with its update: no key lookup
+        assert post(api, "/v1/detect-language", {"text": "Das ist ein deutscher Satz."}, alice).status_code == 200
+    budget.refresh_from_db()
+    assert budget.spent > 0 and budget.reserved == 0
+    # The copy that came with the key may be seconds old; /v1/budget reads the row.
+    assert api.get("/v1/budget", **alice.auth).json()["budget"]["spent"] == f"{budget.spent:f}"

@@ -84,3 +84,14 @@ def test_old_counters_are_purged(alice):
     hit("key:new", 5)
     assert purge_rate_counters() == 1
     assert list(RateCounter.objects.values_list("bucket", flat=True)) == ["key:new"]
+
+
+def test_a_request_the_tenant_refuses_is_not_counted_against_its_key(api, alice):
+    alice.key.rpm_limit = 100
+    alice.key.save()
+    alice.tenant.rpm_limit = 2
+    alice.tenant.save()
+    with time_machine.travel(datetime(2026, 11, 22, 10, 0, 5, tzinfo=dt_timezone.utc), tick=False):
+        assert [me(api, alice).status_code for _ in range(3)] == [200, 200, 429]
+    counts = dict(RateCounter.objects.values_list("bucket", "count"))
+    assert counts == {f"key:{alice.key.pk}": 2, f"tenant:{alice.tenant.pk}": 2}

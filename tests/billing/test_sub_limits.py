@@ -123,8 +123,17 @@ def test_billing_in_full_adds_a_known_number_of_queries(api, alice, starter, dja
     alice.key.rpm_limit = 1000
     alice.key.save()
     post(api, "/v1/detect-language", text, alice)  # reads the sub-limits into the routing cache
-    # + the rate counter's upsert; the hold on budget and sub-limit in one transaction (4 statements);
-    # their settlement around the record's update in another (4 more). Tests see a transaction's ends as
-    # SAVEPOINT and RELEASE, production as BEGIN and COMMIT.
-    with django_assert_num_queries(3 + 1 + 4 + 4):
+    # + the rate counter's upsert (committed without waiting for the disk). The holds on budget and
+    # sub-limit ride in the statement that inserts the record, their settlement in the one that completes it.
+    with django_assert_num_queries(3 + 1):
         assert post(api, "/v1/detect-language", text, alice).status_code == 200
+
+
+def test_a_full_budget_gives_back_what_the_sub_limits_took(alice):
+    budget = budget_for(alice.tenant, "1")
+    limit = sub_limit(budget, "10", key=alice.key)
+    settle(reserve(budget, Decimal("0.9"), key_id=alice.key.pk), Decimal("0.9"))
+    refused = reserve(budget, Decimal("0.5"), key_id=alice.key.pk)
+    assert isinstance(refused, Refusal) and refused.by_budget
+    limit.refresh_from_db()
+    assert (limit.spent, limit.reserved) == (Decimal("0.9"), Decimal("0"))

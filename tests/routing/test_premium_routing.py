@@ -145,3 +145,13 @@ def test_a_prompt_too_long_for_the_local_model_goes_to_the_next_candidate(api, a
     refused, answered = records("toolong-p-01")
     assert refused.status == "rejected" and "at most 64" in refused.error_message
     assert answered.routing_reason.startswith("fallback after tiny-chat refused the input")
+
+
+def test_a_premium_chat_costs_two_queries_once_the_key_is_known(api, alice, fake_providers, key_cache, django_assert_num_queries):
+    premium("gpt-fake", "generation", fake_providers)
+    body = {"model": "gpt-fake", "messages": FRANCE, "max_tokens": 16}
+    assert post(api, "/v1/chat/completions", body, alice).status_code == 200  # key, model and credential now cached
+    # The record, written pending before the call and completed after (only the fields completion sets).
+    with django_assert_num_queries(2):
+        response = post(api, "/v1/chat/completions", body, alice)
+    assert response.status_code == 200 and response["x-modelgate-model"] == "gpt-fake"

@@ -73,6 +73,23 @@ def test_openai_chat_returns_the_text_with_the_reported_usage(fake_providers):
     assert "authorization" not in request.headers
 
 
+@pytest.mark.parametrize("kind", ["openai", "openai-compatible"])
+def test_openai_chat_sends_exactly_what_the_sdks_create_would_send(fake_providers, kind):
+    """chat() posts through the SDK's client without create()'s transform of its parameters."""
+    request = GenerationInput(
+        messages=(ChatMessage("system", "Be brief."), ChatMessage("user", "Name a colour"), ChatMessage("assistant", "Red."),
+                  ChatMessage("user", "Another")),
+        max_tokens=32, temperature=0.3, stop=("END", "\n\n"),
+    )
+    chosen = provider(fake_providers, kind)
+
+    chosen.chat(model="gpt-test", request=request)
+    chosen.client.chat.completions.create(model="gpt-test", timeout=5.0, **chosen._params(request))
+
+    ours, sdks = fake_providers.requests_to("/v1/chat/completions")
+    assert (ours.method, ours.path, ours.body, ours.headers) == (sdks.method, sdks.path, sdks.body, sdks.headers)
+
+
 def test_anthropic_chat_sends_system_messages_as_the_system_parameter(fake_providers):
     generation = provider(fake_providers, "anthropic").chat(model="claude-test", request=HELLO)
 

@@ -40,10 +40,11 @@ def test_tenants_create_refuses_a_duplicate_or_bad_slug():
 
 
 def test_keys_create_prints_the_secret_once_and_stores_its_hash(api, tenant_a):
-    output = run("keys", "create", "alpha", "--name", "ci", "--scopes", "chat,embeddings", "--rpm", "120", "--expires-in", "30d")
+    output = run("keys", "create", "alpha", "--name", "ci", "--scopes", "chat,embeddings", "--rpm", "120", "--tpm", "9000",
+                 "--expires-in", "30d")
     secret = printed_key(output)
     key = ApiKey.objects.get(prefix=KEY_PATTERN.match(secret)["prefix"])
-    assert (key.name, key.scopes, key.rpm_limit) == ("ci", ["chat", "embeddings"], 120)
+    assert (key.name, key.scopes, key.rpm_limit, key.tpm_limit) == ("ci", ["chat", "embeddings"], 120, 9000)
     assert key.expires_at is not None
     assert key.matches(KEY_PATTERN.match(secret)["secret"])
     assert api.get("/v1/me", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == 200
@@ -58,6 +59,7 @@ def test_keys_create_prints_the_secret_once_and_stores_its_hash(api, tenant_a):
         (["keys", "create", "alpha", "--scopes", "chat,fly"], "Unknown scopes fly"),
         (["keys", "create", "alpha", "--expires-in", "soon"], "Invalid duration 'soon'"),
         (["keys", "create", "alpha", "--rpm", "0"], "--rpm must be at least 1"),
+        (["keys", "create", "alpha", "--tpm", "-5"], "--tpm must be at least 1"),
         (["keys", "revoke", "000000000000"], "No key with prefix"),
         (["keys", "rotate", "000000000000"], "No key with prefix"),
     ],
