@@ -27,7 +27,7 @@ import httpx2
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from billing.models import Alert, Budget
 
@@ -54,9 +54,12 @@ def raise_alerts(*, budget_id: int, tenant_id: int, period_start: datetime, thre
         marker = (budget_id, period_start, threshold)
         if marker in _raised:
             continue
-        with connection.cursor() as cursor:
-            cursor.execute(_INSERT, [tenant_id, budget_id, period_start, threshold, spent, limit])
-            row = cursor.fetchone()
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_INSERT, [tenant_id, budget_id, period_start, threshold, spent, limit])
+                row = cursor.fetchone()
+        except IntegrityError:
+            return created  # the budget was deleted meanwhile: nothing to alert about
         if len(_raised) > 100_000:
             _raised.clear()
         _raised.add(marker)
@@ -71,12 +74,17 @@ def raise_alerts(*, budget_id: int, tenant_id: int, period_start: datetime, thre
 
 
 def budget_exhausted(budget: Budget) -> list[int]:
-    """A request the budget refused: the limit is reached for all purposes, so the highest threshold
-    (usually 100%) fires even though settled spending stopped just short of it."""
-    if not budget.alert_thresholds:
+    """A request the budget refused. When what is spent and held together has reached the highest
+    threshold (usually 100%), the limit is reached for all purposes and that alert fires, though settled
+    spending may stop just short of it. A refusal of one large request in a roomy budget is no alert."""
+    if not budget.alert_thresholds or (budget.pk, budget.period_start, max(budget.alert_thresholds)) in _raised:
         return []
-    return raise_alerts(budget_id=budget.pk, tenant_id=budget.tenant_id, period_start=budget.period_start,
-                        thresholds=[max(budget.alert_thresholds)], spent=budget.spent, limit=budget.limit)
+    current = Budget.objects.filter(pk=budget.pk).values("spent", "reserved", "limit", "period_start").first()
+    top = max(budget.alert_thresholds)
+    if current is None or (current["spent"] + current["reserved"]) * 100 < top * current["limit"]:
+        return []
+    return raise_alerts(budget_id=budget.pk, tenant_id=budget.tenant_id, period_start=current["period_start"],
+                        thresholds=[top], spent=current["spent"], limit=current["limit"])
 
 
 def _queue(alert_id: int) -> None:
@@ -86,9 +94,11 @@ def _queue(alert_id: int) -> None:
 
 
 def _delivery_timeout() -> int:
+    """Long enough for every attempt and pause, but within the cluster's timeout, so that the queue
+    never hands a delivery out twice while it is still running."""
     attempts = settings.MODELGATE_WEBHOOK_ATTEMPTS
     backoff = settings.MODELGATE_WEBHOOK_RETRY_SECONDS * (2 ** attempts)
-    return int(attempts * settings.MODELGATE_WEBHOOK_TIMEOUT + backoff + 60)
+    return min(int(attempts * settings.MODELGATE_WEBHOOK_TIMEOUT + backoff + 60), settings.Q_CLUSTER["timeout"])
 
 
 # --- delivery (background) ----------------------------------------------------------------------

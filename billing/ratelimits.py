@@ -56,10 +56,21 @@ def _verdict(*, limit: int, amount: int, current: int, previous: int, taken: boo
     elapsed = (now - start).total_seconds()
     used = previous * (1 - elapsed / 60) + current
     remaining = max(0, math.floor(limit - used))
+    reset = 60 - elapsed
     if not taken:
         remaining = min(remaining, amount - 1)  # it did not fit: fewer than `amount` were left
-    return Verdict(limit=limit, remaining=remaining, reset_seconds=60 - elapsed,
+        reset = _room_in(limit=limit, amount=amount, current=current, previous=previous, elapsed=elapsed)
+    return Verdict(limit=limit, remaining=remaining, reset_seconds=reset,
                    allowed=taken, window_start=start if taken else None)
+
+
+def _room_in(*, limit: int, amount: int, current: int, previous: int, elapsed: float) -> float:
+    """Seconds until `amount` fits the sliding window, if nothing else is counted meanwhile: the
+    previous minute's weight decays through this one, then this minute's count starts to decay."""
+    room = limit - current - amount
+    if room >= 0:  # the previous minute's share must shrink to `room`
+        return max(1.0, 60 * (1 - room / previous) - elapsed) if previous else 1.0
+    return (60 - elapsed) + max(0.0, 60 * (1 - (limit - amount) / current))
 
 
 def _window(now: datetime) -> tuple[datetime, float]:

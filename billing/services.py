@@ -66,6 +66,8 @@ def roll_over(budget: Budget) -> Budget:
     start, end = period_bounds(budget.period, budget.custom_days, now)
     # In-flight reservations stay: they settle into the new period.
     with transaction.atomic():
+        # Sub-limit rows are locked before the budget row, in every statement here: no deadlocks.
+        list(SpendLimit.objects.select_for_update().filter(budget_id=budget.pk).order_by("pk").values_list("pk", flat=True))
         moved = Budget.objects.filter(pk=budget.pk, period_end__lte=now).update(
             spent=Decimal("0"), period_start=start, period_end=end
         )
@@ -87,15 +89,19 @@ def sub_limits_for(budget: Budget, *, key_id: int | None, model_slug: str) -> tu
     return tuple(pk for pk, api_key_id, slug in limits if (api_key_id and api_key_id == key_id) or (slug and slug == model_slug))
 
 
-# One statement holds on the sub-limits and then — only if every one of them had room — on the budget.
+# One statement holds on the sub-limits and then — only if every one of them (that still exists) had
+# room — on the budget. Every money statement locks sub-limit rows before the budget row.
 _HOLD = """
-WITH subs AS (
+WITH locked AS (
+    SELECT id FROM billing_spendlimit WHERE id = ANY(%s) ORDER BY id FOR UPDATE
+), subs AS (
     UPDATE billing_spendlimit SET reserved = reserved + %s
-     WHERE id = ANY(%s) AND "limit" >= spent + reserved + %s
+     WHERE id IN (SELECT id FROM locked) AND "limit" >= spent + reserved + %s
     RETURNING id
 ), budget AS (
     UPDATE billing_budget SET reserved = reserved + %s
-     WHERE id = %s AND "limit" >= spent + reserved + %s AND (SELECT count(*) FROM subs) = %s
+     WHERE id = %s AND "limit" >= spent + reserved + %s
+       AND (SELECT count(*) FROM subs) = (SELECT count(*) FROM billing_spendlimit WHERE id = ANY(%s))
     RETURNING id
 )
 """
@@ -115,7 +121,7 @@ def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model
         return Hold(budget=budget, amount=Decimal("0"))
     budget = roll_over(budget)
     subs = list(sub_limits_for(budget, key_id=key_id, model_slug=model_slug))
-    params = [amount, subs, amount, amount, budget.pk, amount, len(subs)]
+    params = [subs, amount, amount, amount, budget.pk, amount, subs]
     with connection.cursor() as cursor:
         if insert is None:
             cursor.execute(f"{_HOLD} SELECT {_HOLD_RESULT}", params)
@@ -129,9 +135,8 @@ def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model
     if moved:
         # The sub-limits had room but the budget had not: give their share back.
         SpendLimit.objects.filter(pk__in=moved).update(reserved=Greatest(F("reserved") - amount, Decimal("0")))
-    if len(moved) == len(subs):
-        return Refusal(exceeded_message(budget), by_budget=True)
-    return _sub_limit_refusal(tuple(pk for pk in subs if pk not in moved), amount)
+    refusal = _sub_limit_refusal(tuple(pk for pk in subs if pk not in moved), amount)
+    return refusal or Refusal(exceeded_message(budget), by_budget=True)
 
 
 def _insert_sql(row: Model) -> tuple[str, list[object]]:
@@ -151,11 +156,11 @@ def _update_sql(queryset: QuerySet, values: dict[str, object]) -> tuple[str, lis
     return statement, list(params)
 
 
-def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal:
+def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal | None:
     full = [limit for limit in SpendLimit.objects.filter(pk__in=subs).select_related("api_key", "budget")
-            if limit.spent + limit.reserved + amount > limit.limit]
-    if not full:  # freed in the meantime; the caller may try again
-        return Refusal("A spending sub-limit had no room for this request; retry.")
+            if limit.spent + limit.reserved + amount > limit.limit] if subs else []
+    if not full:  # every sub-limit had room (or is gone): the budget itself refused
+        return None
     limit = full[0]
     subject = f"API key {limit.api_key.prefix}" if limit.api_key_id else f"model {limit.model_slug}"
     return Refusal(
@@ -166,46 +171,64 @@ def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal:
     )
 
 
-# Sub-limits and budget move in one statement (a WITH clause runs whether or not the rest reads it).
-_SETTLE = """
-WITH subs AS (
-    UPDATE billing_spendlimit SET reserved = GREATEST(reserved - %s, 0), spent = LEAST(spent + %s, "limit")
-     WHERE id = ANY(%s)
+# Settlement and release are guarded by the record: money moves back only while its record is still
+# pending, so a request that outlived the reaper (which already freed its hold) cannot free it twice.
+# Lock order as everywhere: the record, the sub-limits, then the budget.
+_PENDING = """
+WITH pending AS ({pending}), locked AS (
+    SELECT id FROM billing_spendlimit WHERE id = ANY(%s) AND EXISTS (SELECT 1 FROM pending) IS NOT NULL
+     ORDER BY id FOR UPDATE
+), subs AS (
+    UPDATE billing_spendlimit
+       SET reserved = GREATEST(reserved - CASE WHEN EXISTS (SELECT 1 FROM pending) THEN %s ELSE 0 END, 0),
+           spent = LEAST(spent + %s, "limit")
+     WHERE id IN (SELECT id FROM locked)
+    RETURNING id
 ), budget AS (
     UPDATE billing_budget
-       SET reserved = GREATEST(reserved - %s, 0), spent = LEAST(spent + %s, "limit"), updated_at = now()
-     WHERE id = %s
+       SET reserved = GREATEST(reserved - CASE WHEN EXISTS (SELECT 1 FROM pending) THEN %s ELSE 0 END, 0),
+           spent = LEAST(spent + %s, "limit"), updated_at = now()
+     WHERE id = %s AND (SELECT count(*) FROM subs) >= 0
     RETURNING spent, "limit", period_start
 )
 """
+_RECORD_PENDING = "SELECT id FROM routing_inferencerecord WHERE id = %s AND status = 'pending' FOR UPDATE"
 _SETTLE_RESULT = "(SELECT spent FROM budget), (SELECT \"limit\" FROM budget), (SELECT period_start FROM budget)"
-_RELEASE = """
-WITH subs AS (
-    UPDATE billing_spendlimit SET reserved = GREATEST(reserved - %s, 0) WHERE id = ANY(%s)
-), budget AS (
-    UPDATE billing_budget SET reserved = GREATEST(reserved - %s, 0) WHERE id = %s
-)
-"""
 
 
-def settle(hold: Hold, actual: Decimal, *, update: tuple[QuerySet, dict[str, object]] | None = None) -> Decimal:
+def _move(hold: Hold, charged: Decimal, record_id: object,
+          update: tuple[QuerySet, dict[str, object]] | None) -> tuple[object, ...] | None:
+    params = [list(hold.sub_limits), hold.amount, charged, hold.amount, charged, hold.budget.pk]
+    if record_id is None:
+        head = _PENDING.format(pending="SELECT 1 AS id")
+    else:
+        head, params = _PENDING.format(pending=_RECORD_PENDING), [record_id, *params]
+    if update is not None:
+        # The row's UPDATE waits for the money (its WHERE reads the budget step), so that the pending
+        # check above sees the record before this statement changes it.
+        update_sql, update_params = _update_sql(*update)
+        if " WHERE " not in update_sql or " OR " in update_sql.split(" WHERE ", 1)[1]:
+            raise ValueError("settle/release updates rows chosen by a plain AND filter")
+        head += f", record AS ({update_sql} AND (SELECT count(*) FROM budget) >= 0 RETURNING 1)"
+        params += update_params
+    with connection.cursor() as cursor:
+        cursor.execute(f"{head} SELECT {_SETTLE_RESULT}", params)
+        return cursor.fetchone()
+
+
+def settle(hold: Hold, actual: Decimal, *, record_id: object = None,
+           update: tuple[QuerySet, dict[str, object]] | None = None) -> Decimal:
     """Replace the hold by the actual cost, never charging more than was held (the hold is the
     maximum the call could cost); returns what was charged. `update` (a queryset and its new values,
-    e.g. the record's completion) is applied by the same statement. A crossed alert threshold raises
-    its alert once the surrounding transaction, if any, commits."""
+    e.g. the record's completion) is applied by the same statement; `record_id` names the pending
+    record the hold belongs to (without it, the hold is freed unconditionally). A crossed alert
+    threshold raises its alert once the surrounding transaction, if any, commits."""
     if not hold.held:
         if update is not None:
             update[0].update(**update[1])
         return Decimal("0")
     charged = min(actual, hold.amount)
-    params = [hold.amount, charged, list(hold.sub_limits), hold.amount, charged, hold.budget.pk]
-    with connection.cursor() as cursor:
-        if update is None:
-            cursor.execute(f"{_SETTLE} SELECT {_SETTLE_RESULT}", params)
-        else:
-            update_sql, update_params = _update_sql(*update)
-            cursor.execute(f"{_SETTLE} {update_sql} RETURNING {_SETTLE_RESULT}", params + update_params)
-        row = cursor.fetchone()
+    row = _move(hold, charged, record_id, update)
     if row is not None and row[0] is not None and charged > 0:
         spent, limit, period_start = row
         crossed = crossed_thresholds(hold.budget.alert_thresholds, before=spent - charged, after=spent, limit=limit)
@@ -220,28 +243,24 @@ def settle(hold: Hold, actual: Decimal, *, update: tuple[QuerySet, dict[str, obj
     return charged
 
 
-def release(hold: Hold, *, update: tuple[QuerySet, dict[str, object]] | None = None) -> None:
-    """Free the hold; `update` as for settle()."""
+def release(hold: Hold, *, record_id: object = None, update: tuple[QuerySet, dict[str, object]] | None = None) -> None:
+    """Free the hold; `record_id` and `update` as for settle()."""
     if not hold.held:
         if update is not None:
             update[0].update(**update[1])
         return
-    params = [hold.amount, list(hold.sub_limits), hold.amount, hold.budget.pk]
-    with connection.cursor() as cursor:
-        if update is None:
-            cursor.execute(f"{_RELEASE} SELECT 1", params)
-        else:
-            update_sql, update_params = _update_sql(*update)
-            cursor.execute(f"{_RELEASE} {update_sql}", params + update_params)
+    _move(hold, Decimal("0"), record_id, update)
 
 
 def release_reserved(budget: Budget, amount: Decimal, *, key_id: int | None, model_slug: str) -> None:
     """Free a hold whose request is gone (the reaper): its sub-limits are found again from the
     key and model it was taken for."""
-    subs = tuple(
-        SpendLimit.objects.filter(budget_id=budget.pk).filter(Q(api_key_id=key_id) | (Q(model_slug=model_slug) & ~Q(model_slug="")))
-        .values_list("pk", flat=True)
-    ) if key_id or model_slug else ()
+    covers = Q(pk__in=[])
+    if key_id is not None:
+        covers |= Q(api_key_id=key_id)
+    if model_slug:
+        covers |= Q(model_slug=model_slug)
+    subs = tuple(SpendLimit.objects.filter(budget_id=budget.pk).filter(covers).values_list("pk", flat=True))
     release(Hold(budget=budget, amount=amount, sub_limits=subs))
 
 

@@ -169,14 +169,19 @@ def _attempt(*, key: ApiKey, task: str, items: list[Any], summary: Summary, requ
             release(held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
             raise
 
-        verdict = quality.judge(task, items, outcome.values)
-        if task == "translation" and verdict.problem is None and spec.is_local and has_next:
-            verdict = _check_output_language(items, outcome.values, verdict)
-        outcome.units_out = units_out(outcome.values)
-        if tokens_in is not None and outcome.tokens_in is None:
-            # Local models that count their input (embeddings) report tokens like an API would.
-            outcome.tokens_in = tokens_in(outcome.values)
-        cost = actual_cost(spec, summary, outcome)
+        try:
+            verdict = quality.judge(task, items, outcome.values)
+            if task == "translation" and verdict.problem is None and spec.is_local and has_next:
+                verdict = _check_output_language(items, outcome.values, verdict)
+            outcome.units_out = units_out(outcome.values)
+            if tokens_in is not None and outcome.tokens_in is None:
+                # Local models that count their input (embeddings) report tokens like an API would.
+                outcome.tokens_in = tokens_in(outcome.values)
+            cost = actual_cost(spec, summary, outcome)
+        except BaseException as exc:
+            # As for the call itself: the hold never outlives the request.
+            release(held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
+            raise
         below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
         if (verdict.problem or below_floor) and has_next and model == "auto":
             why = verdict.problem or f"confidence {verdict.confidence:.2f} < floor {policy.confidence_floor:.2f}"
@@ -445,13 +450,14 @@ def refuse(refusal: Refusal, record: InferenceRecord, *, budget: Budget, spec: M
 
 def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **fields: Any) -> None:
     """Charge the actual cost and complete the record, together."""
-    billing.settle(held, cost, update=(InferenceRecord.objects.filter(pk=record.pk), completion(record, cost=cost, **fields)))
+    billing.settle(held, cost, record_id=record.pk,
+                   update=(InferenceRecord.objects.filter(pk=record.pk), completion(record, cost=cost, **fields)))
 
 
 def release(held: Hold, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
     """Free the hold and close the record, together."""
-    billing.release(held, update=(InferenceRecord.objects.filter(pk=record.pk),
-                                  failure(record, status=status, code=code, message=message)))
+    billing.release(held, record_id=record.pk, update=(InferenceRecord.objects.filter(pk=record.pk),
+                                                       failure(record, status=status, code=code, message=message)))
 
 
 TOKEN_TASKS = {"generation", "embeddings"}

@@ -188,3 +188,13 @@ def test_tenants_see_only_their_own_alerts(api, alice, bob, django_capture_on_co
     mine = api.get("/v1/alerts", **alice.auth).json()
     assert [a["threshold"] for a in mine] == [50]
     assert api.get("/v1/alerts", **bob.auth).json() == []
+
+
+def test_one_large_request_refused_by_a_roomy_budget_is_no_alert(api, alice, starter, fake_providers):
+    from tests.billing.test_budgets import CHAT
+    from tests.routing.test_premium_routing import premium
+
+    premium("gpt-fake", "generation", fake_providers, input="0", output="1")
+    budget_for(alice.tenant, "0.05")  # the hold of 0.1 does not fit, though nothing is spent
+    assert post(api, "/v1/chat/completions", CHAT, alice).status_code == 402
+    assert Alert.objects.count() == 0

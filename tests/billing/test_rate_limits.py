@@ -24,10 +24,11 @@ def test_a_burst_gets_exactly_the_allowed_count_with_headers(api, alice):
     with time_machine.travel(datetime(2026, 11, 22, 10, 0, 5, tzinfo=dt_timezone.utc), tick=False):
         responses = [me(api, alice) for _ in range(8)]
     assert [r.status_code for r in responses] == [200] * 5 + [429] * 3
+    # 5 counted by 10:00:05; one more fits once they weigh 4: 12 s into the next minute, 67 s from now.
     first, refused = responses[0], responses[-1]
     assert first["x-ratelimit-limit-requests"] == "5" and first["x-ratelimit-remaining-requests"] == "4"
     assert refused.json()["error"]["code"] == "rate_limited"
-    assert refused["Retry-After"] == "55" and refused["x-ratelimit-remaining-requests"] == "0"
+    assert refused["Retry-After"] == "67" and refused["x-ratelimit-remaining-requests"] == "0"
 
 
 def test_the_window_slides_instead_of_resetting_at_once(alice):
@@ -95,3 +96,12 @@ def test_a_request_the_tenant_refuses_is_not_counted_against_its_key(api, alice)
         assert [me(api, alice).status_code for _ in range(3)] == [200, 200, 429]
     counts = dict(RateCounter.objects.values_list("bucket", "count"))
     assert counts == {f"key:{alice.key.pk}": 2, f"tenant:{alice.tenant.pk}": 2}
+
+
+def test_retry_after_says_when_the_sliding_window_has_room_again():
+    from billing.ratelimits import _room_in
+
+    # The previous minute's 10 must weigh at most 9 - 5: 60 × (1 - 4/10) = 36 s into this minute.
+    assert _room_in(limit=10, amount=1, current=5, previous=10, elapsed=20) == pytest.approx(16)
+    # This minute alone is full: wait for the next one, then until its share has decayed enough.
+    assert _room_in(limit=10, amount=1, current=10, previous=0, elapsed=30) == pytest.approx(30 + 6)

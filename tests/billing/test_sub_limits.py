@@ -2,13 +2,15 @@
 charged with it, reset with its period, freed by the reaper — and refusing only what they cover."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
+import pytest
 import time_machine
 
 from billing.models import Budget, SpendLimit
-from billing.services import Hold, Refusal, reserve, roll_over, settle
+from billing.services import Hold, Refusal, release, reserve, roll_over, settle
 from routing.models import InferenceRecord, RoutingPolicy
 from tests.billing.test_budgets import CHAT, budget_for
 from tests.routing.conftest import post, records
@@ -102,7 +104,6 @@ def test_the_reaper_frees_a_dead_requests_sub_limit_holds(alice, settings):
 
 
 def test_a_sub_limit_covers_either_a_key_or_a_model(alice):
-    import pytest
     from django.db import IntegrityError, transaction
 
     budget = budget_for(alice.tenant, "10")
@@ -137,3 +138,75 @@ def test_a_full_budget_gives_back_what_the_sub_limits_took(alice):
     assert isinstance(refused, Refusal) and refused.by_budget
     limit.refresh_from_db()
     assert (limit.spent, limit.reserved) == (Decimal("0.9"), Decimal("0"))
+
+
+def test_a_request_that_outlived_the_reaper_is_charged_but_frees_nothing_twice(alice, settings):
+    from routing.tasks import reap_abandoned
+
+    budget = budget_for(alice.tenant, "10")
+    limit = sub_limit(budget, "10", key=alice.key)
+    hold = reserve(budget, Decimal("6"), key_id=alice.key.pk)
+    record = InferenceRecord.objects.create(
+        tenant=alice.tenant, api_key=alice.key, task="generation", model_slug="gpt-fake", request_id="slow-stream-1",
+        reserved_cost=Decimal("6"),
+        created_at=datetime.now(dt_timezone.utc) - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 120),
+    )
+    other = reserve(budget, Decimal("3"), key_id=alice.key.pk)  # a live request's hold
+    assert isinstance(other, Hold) and reap_abandoned() == 1  # frees the slow request's 6
+    # The slow request finishes after all: its cost is charged, its (already freed) hold is not freed again.
+    settle(hold, Decimal("2"), record_id=record.pk, update=(InferenceRecord.objects.filter(pk=record.pk), {"status": "ok"}))
+    for row in (budget, limit):
+        row.refresh_from_db()
+        assert (row.spent, row.reserved) == (Decimal("2"), Decimal("3"))  # the live request's hold is intact
+    assert InferenceRecord.objects.get(pk=record.pk).status == "ok"
+
+
+def test_the_reaper_of_a_deleted_keys_request_leaves_model_sub_limits_alone(alice, alice_limited, settings):
+    from routing.tasks import reap_abandoned
+
+    budget = budget_for(alice.tenant, "10")
+    by_model = sub_limit(budget, "10", model="gpt-other")
+    assert isinstance(reserve(budget, Decimal("6"), key_id=alice_limited.key.pk, model_slug="gpt-other"), Hold)
+    InferenceRecord.objects.create(
+        tenant=alice.tenant, api_key=None, task="generation", model_slug="gpt-fake", request_id="died-nokey-1",
+        reserved_cost=Decimal("1"),
+        created_at=datetime.now(dt_timezone.utc) - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 120),
+    )
+    assert reap_abandoned() == 1
+    by_model.refresh_from_db()
+    assert by_model.reserved == Decimal("6")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_holds_and_settlements_on_a_sub_limit_never_deadlock(tenant_a):
+    """Holds lock sub-limit then budget; settlements and releases must take them in the same order."""
+    from django.db import connections
+
+    from tests.conftest import make_caller
+
+    caller = make_caller(tenant_a, "busy")
+    budget = budget_for(tenant_a, "1000")
+    sub_limit(budget, "1000", key=caller.key)
+    sub_limit(budget, "1000", model="gpt-fake")
+    errors: list[BaseException] = []
+
+    def work(_: int) -> None:
+        try:
+            for step in range(25):
+                hold = reserve(Budget.objects.get(pk=budget.pk), Decimal("1"), key_id=caller.key.pk, model_slug="gpt-fake")
+                assert isinstance(hold, Hold) and len(hold.sub_limits) == 2
+                if step % 2:
+                    settle(hold, Decimal("0.5"))
+                else:
+                    release(hold)
+        except BaseException as exc:  # collected: a deadlock must fail the test, not vanish in a thread
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(6) as executor:
+        list(executor.map(work, range(6)))
+    assert errors == []
+    budget.refresh_from_db()
+    assert budget.reserved == 0 and budget.spent == Decimal("0.5") * 6 * 12
+    assert set(SpendLimit.objects.values_list("reserved", "spent")) == {(Decimal("0"), Decimal("0.5") * 6 * 12)}
