@@ -210,8 +210,8 @@ MODELGATE_COLLECTION_MAX_TEXT_CHARACTERS = env_int("MODELGATE_COLLECTION_MAX_TEX
 MODELGATE_COLLECTION_MAX_METADATA_BYTES = env_int("MODELGATE_COLLECTION_MAX_METADATA_BYTES", 8192, min_value=64)
 # Wider vectors are stored and searched exactly; pgvector indexes at most 2,000 dimensions.
 MODELGATE_COLLECTION_MAX_DIMENSION = env_int("MODELGATE_COLLECTION_MAX_DIMENSION", 2000, min_value=1, max_value=16_000)
-# hnsw.ef_search of a search that does not set its own: the recall/latency trade-off.
-MODELGATE_SEARCH_EF_SEARCH = env_int("MODELGATE_SEARCH_EF_SEARCH", 100, min_value=1, max_value=1000)
+# hnsw.ef_search of a search that does not set its own (pgvector's default): the recall/latency trade-off.
+MODELGATE_SEARCH_EF_SEARCH = env_int("MODELGATE_SEARCH_EF_SEARCH", 40, min_value=1, max_value=1000)
 MODELGATE_INGEST_CHUNK_DOCUMENTS = env_int("MODELGATE_INGEST_CHUNK_DOCUMENTS", 128, min_value=1, max_value=10_000)
 
 # --- Serving (`make run`) -------------------------------------------------------------------

@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("v1/", include("tenants.urls")),
     path("v1/", include("routing.urls")),
+    path("v1/", include("embeddings.urls")),
     path("v1/", include("billing.urls")),
 ]
 
