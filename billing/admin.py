@@ -83,6 +83,19 @@ class BudgetForm(forms.ModelForm):
         return limit
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows the system writes (alerts, usage rollups): operators read them, never edit them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     form = BudgetForm
@@ -152,7 +165,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
 # --- alerts -------------------------------------------------------------------------------------------
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(ReadOnlyAdmin):
     """Read-only: an alert row is also what stops the same threshold firing twice in a period."""
 
     list_display = ["created_at", "tenant", "threshold_crossed", "spent_of_limit", "email_status", "webhook_status",
@@ -162,15 +175,6 @@ class AlertAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["tenant"]
     readonly_fields = [field.name for field in Alert._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
     @admin.display(description="threshold", ordering="threshold")
     def threshold_crossed(self, alert: Alert) -> str:
@@ -233,7 +237,7 @@ def _share(part: Decimal | int, whole: Decimal | int) -> float:
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(admin.ModelAdmin):
+class UsageDailyAdmin(ReadOnlyAdmin):  # rows the rollup rewrites from the inference records
     list_display = ["day", "tenant", "model_slug", "task", "tier", "is_local", "requests", "ok", "errors", "rejected",
                     "escalated", "cached", "units", "cost", "mean_latency"]
     list_filter = ["tenant", "task", "is_local", "tier"]
@@ -242,16 +246,6 @@ class UsageDailyAdmin(admin.ModelAdmin):
     list_select_related = ["tenant"]
     actions = ["export_csv"]
     readonly_fields = [field.name for field in UsageDaily._meta.fields]
-
-    # Rows are computed from the inference records; the rollup rewrites them.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
     @admin.display(description="units in → out")
     def units(self, row: UsageDaily) -> str:
