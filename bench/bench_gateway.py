@@ -149,6 +149,8 @@ def run() -> Table:
                 measure = _wrk(wrk, target, threads=2, connections=32, seconds=WARMUP_SECONDS)
                 answered_a += measure.requests if name == "a" else 0
 
+            sdk = _sdk_client(fake_url)
+            _sdk_loop(sdk, seconds=WARMUP_SECONDS)
             results: dict[tuple[str, int], list[Measure]] = {}
             for _ in range(ROUNDS):
                 for threads, connections in LOADS:
@@ -156,6 +158,8 @@ def run() -> Table:
                         measure = _wrk(wrk, target, threads=threads, connections=connections, seconds=DURATION_SECONDS)
                         results.setdefault((name, connections), []).append(measure)
                         answered_a += measure.requests if name == "a" else 0
+                    if connections == 1:
+                        results.setdefault(("d", 1), []).append(_sdk_loop(sdk, seconds=DURATION_SECONDS))
         finally:
             for child in reversed(children):
                 _stop(child)
@@ -178,10 +182,15 @@ def run() -> Table:
             rows.append([target.label, connections, median(name, connections, "rps"),
                          median(name, connections, "p50_ms"), median(name, connections, "p99_ms"),
                          median(name, connections, "cpu_ms")])
+        if connections == 1:
+            rows.append([SDK_LABEL, 1, median("d", 1, "rps"), median("d", 1, "p50_ms"), median("d", 1, "p99_ms"),
+                         median("d", 1, "cpu_ms")])
     added = median("a", 1, "p50_ms") - median("b", 1, "p50_ms")
+    sdk_added = median("d", 1, "p50_ms") - median("b", 1, "p50_ms")
     ratio = median("a", 32, "rps") / median("c", 32, "rps")
     rows.append([f"added by Modelgate at p50, c=1: p50(a) − p50(b) (target ≤ {TARGET_ADDED_P50_MS:g} ms: "
                  f"{'met' if added <= TARGET_ADDED_P50_MS else 'missed'})", 1, "", round(added, 2), "", ""])
+    rows.append(["of which the official openai SDK alone: p50(d) − p50(b)", 1, "", round(sdk_added, 2), "", ""])
     rows.append([f"throughput (a)/(c) at c=32 (target ≥ {TARGET_THROUGHPUT_RATIO:.0%}: "
                  f"{'met' if ratio >= TARGET_THROUGHPUT_RATIO else 'missed'})", 32, f"{ratio:.0%}", "", "", ""])
     return Table(
@@ -197,6 +206,9 @@ def run() -> Table:
             "The fake OpenAI server (tests/routing/fake_providers.py, a threaded http.server) runs in its own process; "
             "Modelgate reaches it through the official openai SDK with the operator's stored (encrypted) credential. "
             "The fake sends with TCP_NODELAY and a listen backlog of 128 (see bench/gateway_fake_server.py).",
+            "(d) is the floor a gateway built on the official SDK starts from: the same `openai` client Modelgate "
+            "uses (max_retries=0, its own httpx connection pool), called in a loop from the benchmark process, one "
+            "request at a time; its CPU column is the loop's own process time.",
             f"The first premium request after start took {first_answer_ms:,.0f} ms (imports and SDK client); "
             "the warm-up keeps it out of the table.",
             f"Every request of (a) was recorded: {recorded} inference records, all `ok`, for the {answered_a} answers wrk "
@@ -208,6 +220,31 @@ def run() -> Table:
             "target, (a) at c=1 most: each of its requests waits for the CPU several times).",
         ],
         command="make bench BENCH=gateway",
+    )
+
+
+SDK_LABEL = "(d) the openai SDK alone: chat.completions.create → fake provider, one Python thread"
+
+
+def _sdk_client(fake_url: str):
+    import openai
+
+    return openai.OpenAI(base_url=f"{fake_url}/v1", api_key=OPERATOR_KEY, max_retries=0, timeout=30)
+
+
+def _sdk_loop(client, *, seconds: float) -> Measure:
+    latencies: list[float] = []
+    cpu_started, started = time.process_time(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        t0 = time.perf_counter()
+        client.chat.completions.create(model="gpt-bench-upstream", messages=MESSAGES, max_tokens=16)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    latencies.sort()
+    return Measure(
+        rps=len(latencies) / elapsed, p50_ms=statistics.median(latencies),
+        p99_ms=latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        cpu_ms=cpu * 1000 / len(latencies), requests=len(latencies),
     )
 
 

@@ -12,12 +12,12 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 from django.db.models import F, Model, Q, QuerySet
-from django.db.models.sql import InsertQuery, UpdateQuery
 from django.db.models.functions import Greatest
 from django.utils import timezone
 from rest_framework import status
 
 from billing.models import Budget, SpendLimit, period_bounds
+from config.db import insert_row, insert_statement, prepared_cursor, update_rows, update_statement
 from config.errors import ApiError
 from tenants.models import Tenant
 
@@ -93,7 +93,7 @@ def sub_limits_for(budget: Budget, *, key_id: int | None, model_slug: str) -> tu
 # room — on the budget. Every money statement locks sub-limit rows before the budget row.
 _HOLD = """
 WITH locked AS (
-    SELECT id FROM billing_spendlimit WHERE id = ANY(%s) ORDER BY id FOR UPDATE
+    SELECT id FROM billing_spendlimit WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
 ), subs AS (
     UPDATE billing_spendlimit SET reserved = reserved + %s
      WHERE id IN (SELECT id FROM locked) AND "limit" >= spent + reserved + %s
@@ -101,7 +101,7 @@ WITH locked AS (
 ), budget AS (
     UPDATE billing_budget SET reserved = reserved + %s
      WHERE id = %s AND "limit" >= spent + reserved + %s
-       AND (SELECT count(*) FROM subs) = (SELECT count(*) FROM billing_spendlimit WHERE id = ANY(%s))
+       AND (SELECT count(*) FROM subs) = (SELECT count(*) FROM billing_spendlimit WHERE id = ANY(%s::bigint[]))
     RETURNING id
 )
 """
@@ -117,16 +117,16 @@ def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model
     """
     if amount <= 0:
         if insert is not None:
-            insert.save(force_insert=True)
+            insert_row(insert)
         return Hold(budget=budget, amount=Decimal("0"))
     budget = roll_over(budget)
     subs = list(sub_limits_for(budget, key_id=key_id, model_slug=model_slug))
     params = [subs, amount, amount, amount, budget.pk, amount, subs]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         if insert is None:
             cursor.execute(f"{_HOLD} SELECT {_HOLD_RESULT}", params)
         else:
-            insert_sql, insert_params = _insert_sql(insert)
+            insert_sql, insert_params = insert_statement(insert)
             cursor.execute(f"{_HOLD} {insert_sql} RETURNING {_HOLD_RESULT}", params + insert_params)
             insert._state.adding, insert._state.db = False, connection.alias
         held, moved = cursor.fetchone()
@@ -137,23 +137,6 @@ def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model
         SpendLimit.objects.filter(pk__in=moved).update(reserved=Greatest(F("reserved") - amount, Decimal("0")))
     refusal = _sub_limit_refusal(tuple(pk for pk in subs if pk not in moved), amount)
     return refusal or Refusal(exceeded_message(budget), by_budget=True)
-
-
-def _insert_sql(row: Model) -> tuple[str, list[object]]:
-    """The INSERT Django would send for `row` (its primary key must already be set)."""
-    fields = [field for field in row._meta.local_concrete_fields if not field.generated]
-    query = InsertQuery(type(row))
-    query.insert_values(fields, [row])
-    ((statement, params),) = query.get_compiler(connection=connection).as_sql()
-    return statement, list(params)
-
-
-def _update_sql(queryset: QuerySet, values: dict[str, object]) -> tuple[str, list[object]]:
-    """The UPDATE Django would send for `queryset.update(**values)`."""
-    query = queryset.query.chain(UpdateQuery)
-    query.add_update_values(values)
-    statement, params = query.get_compiler(connection=connection).as_sql()
-    return statement, list(params)
 
 
 def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal | None:
@@ -176,7 +159,7 @@ def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal | None
 # Lock order as everywhere: the record, the sub-limits, then the budget.
 _PENDING = """
 WITH pending AS ({pending}), locked AS (
-    SELECT id FROM billing_spendlimit WHERE id = ANY(%s) AND EXISTS (SELECT 1 FROM pending) IS NOT NULL
+    SELECT id FROM billing_spendlimit WHERE id = ANY(%s::bigint[]) AND EXISTS (SELECT 1 FROM pending) IS NOT NULL
      ORDER BY id FOR UPDATE
 ), subs AS (
     UPDATE billing_spendlimit
@@ -206,12 +189,12 @@ def _move(hold: Hold, charged: Decimal, record_id: object,
     if update is not None:
         # The row's UPDATE waits for the money (its WHERE reads the budget step), so that the pending
         # check above sees the record before this statement changes it.
-        update_sql, update_params = _update_sql(*update)
+        update_sql, update_params = update_statement(*update)
         if " WHERE " not in update_sql or " OR " in update_sql.split(" WHERE ", 1)[1]:
             raise ValueError("settle/release updates rows chosen by a plain AND filter")
         head += f", record AS ({update_sql} AND (SELECT count(*) FROM budget) >= 0 RETURNING 1)"
         params += update_params
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(f"{head} SELECT {_SETTLE_RESULT}", params)
         return cursor.fetchone()
 
@@ -225,7 +208,7 @@ def settle(hold: Hold, actual: Decimal, *, record_id: object = None,
     threshold raises its alert once the surrounding transaction, if any, commits."""
     if not hold.held:
         if update is not None:
-            update[0].update(**update[1])
+            update_rows(*update)
         return Decimal("0")
     charged = min(actual, hold.amount)
     row = _move(hold, charged, record_id, update)
@@ -247,7 +230,7 @@ def release(hold: Hold, *, record_id: object = None, update: tuple[QuerySet, dic
     """Free the hold; `record_id` and `update` as for settle()."""
     if not hold.held:
         if update is not None:
-            update[0].update(**update[1])
+            update_rows(*update)
         return
     _move(hold, Decimal("0"), record_id, update)
 

@@ -23,10 +23,30 @@ def _check_text(text: Any, limit: int, what: str = "text") -> str:
     return text
 
 
+def length_chunks(lengths: list[int], *, max_texts: int, max_tokens: int) -> list[list[int]]:
+    """Indexes of texts grouped for forward passes: sorted by length, each pass at most `max_texts`
+    texts and `max_tokens` tokens once padded to its longest. A pass over texts of mixed length
+    spends most of its work on padding; one over a few short texts pays the per-pass cost for
+    little (on 2 cores: MiniLM embeds ~85 sentences/s in passes of 8, ~107/s in passes of 32 of
+    sorted lengths)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) >= max_texts or (len(current) + 1) * lengths[index] > max_tokens):
+            chunks.append(current)
+            current = []
+        current.append(index)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 class SentenceTransformerEmbeddings(Backend):
     name = "sentence-transformers"
     task = Task.EMBEDDINGS
-    option_types: ClassVar[dict[str, Any]] = {"max_characters": int, "max_seq_length": int, "encode_batch_size": int}
+    option_types: ClassVar[dict[str, Any]] = {
+        "max_characters": int, "max_seq_length": int, "encode_batch_size": int, "encode_batch_tokens": int,
+    }
 
     def load(self) -> None:
         configure_torch()
@@ -47,19 +67,21 @@ class SentenceTransformerEmbeddings(Backend):
 
     def infer(self, batch: list[str]) -> list[Embedding]:
         self.require_loaded()
-        # The pool gathers many texts; the encoder then runs them sorted by length in small chunks.
-        # One padded forward pass over 32 texts of mixed length wastes most of its work on padding
-        # (on 2 cores: ~75 texts/s as one batch of 64 against ~170 texts/s in chunks of 8).
-        vectors = self.model.encode(
-            batch,
-            batch_size=self.option("encode_batch_size", 8),
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        ).astype(np.float32, copy=False)
-        # Tokens counted the way the model saw them (truncated to its window), for usage and billing.
-        counts = self.tokenizer(batch, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
-        return [Embedding(vector=vector, tokens=len(ids)) for vector, ids in zip(vectors, counts)]
+        # Tokens counted the way the model sees them (truncated to its window), for usage and billing,
+        # and to cut the batch into forward passes of texts of about one length.
+        lengths = [len(ids) for ids in self.tokenizer(batch, truncation=True, max_length=self.model.max_seq_length)["input_ids"]]
+        vectors = np.empty((len(batch), self.dimension), dtype=np.float32)
+        for chunk in length_chunks(
+            lengths, max_texts=self.option("encode_batch_size", 32), max_tokens=self.option("encode_batch_tokens", 4096)
+        ):
+            vectors[chunk] = self.model.encode(
+                [batch[i] for i in chunk],
+                batch_size=len(chunk),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return [Embedding(vector=vector, tokens=count) for vector, count in zip(vectors, lengths)]
 
     def warmup_input(self) -> str:
         return "Hello world"

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import status
 
+from config.db import insert_row, update_rows
 from config.errors import ApiError
 from inference.errors import InferenceError, InvalidInput
 from inference.payloads import GenerationInput
@@ -330,7 +331,7 @@ def new_record(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, req
 
 def admit(**fields: Any) -> InferenceRecord:
     record = new_record(**fields)
-    record.save(force_insert=True)
+    insert_row(record)
     return record
 
 
@@ -365,7 +366,7 @@ def completion(record: InferenceRecord, *, status: str, values: list[Any], outco
 
 
 def complete(record: InferenceRecord, **fields: Any) -> None:
-    InferenceRecord.objects.filter(pk=record.pk).update(**completion(record, **fields))
+    update_rows(InferenceRecord.objects.filter(pk=record.pk), completion(record, **fields))
 
 
 def failure(record: InferenceRecord, *, status: str, code: str, message: str) -> dict[str, Any]:
@@ -379,7 +380,7 @@ def failure(record: InferenceRecord, *, status: str, code: str, message: str) ->
 
 
 def fail(record: InferenceRecord, **fields: Any) -> None:
-    InferenceRecord.objects.filter(pk=record.pk).update(**failure(record, **fields))
+    update_rows(InferenceRecord.objects.filter(pk=record.pk), failure(record, **fields))
 
 
 def _preview(values: list[Any]) -> str:
@@ -415,7 +416,7 @@ def hold_and_admit(*, budget: Budget | None, key: ApiKey, task: str, spec: Model
     record = new_record(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
                         complexity=complexity, previous=previous, reserved=estimate)
     if budget is None:
-        record.save(force_insert=True)
+        insert_row(record)
         return Hold(budget=None, amount=estimate), record
     result = billing.reserve(budget, estimate, key_id=key.pk, model_slug=spec.slug, insert=record)
     if isinstance(result, Refusal) and spec.is_local and not result.model_only and budget.at_limit == budget.AtLimit.LOCAL_ONLY:

@@ -70,14 +70,18 @@ def fresh_routing_cache():
 
 @pytest.fixture(autouse=True)
 def no_key_cache():
-    """Tests change keys and tenants with update() and expect the very next request to see it, which the
-    key cache by design does not; its own tests, and the pin of a premium request's queries, turn it on."""
+    """Tests change keys, tenants and collections with update() and expect the very next request to see it,
+    which the per-process caches by design do not; their own tests, and the pin of a premium request's
+    queries, turn them on."""
+    from embeddings.services import recent_collections
     from tenants.authentication import recent_keys
 
     recent_keys.forget()
-    with override_settings(MODELGATE_KEY_CACHE_SECONDS=0):
+    recent_collections.forget()
+    with override_settings(MODELGATE_KEY_CACHE_SECONDS=0, MODELGATE_COLLECTION_CACHE_SECONDS=0):
         yield
     recent_keys.forget()
+    recent_collections.forget()
 
 
 @pytest.fixture

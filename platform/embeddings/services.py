@@ -19,8 +19,10 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework import status
 
+from config.db import insert_row
 from config.errors import ApiError, NotFound
 from config.logs import current_request_id
+from config.recent import Recent
 from embeddings import indexes
 from embeddings.filters import NO_FILTER, CompiledFilter
 from embeddings.models import DISTANCE_OPERATORS, TEXT_SEARCH_CONFIG, Collection, Distance, Document, SearchRecord
@@ -48,18 +50,28 @@ class Conflict(ApiError):
 
 
 # --- collections ------------------------------------------------------------------------------
-def collection_of(*, tenant: Any, ref: str) -> Collection:
+def collection_of(*, tenant: Any, ref: str, recent: bool = False) -> Collection:
     """A collection by id or by name, looked up within the tenant: another tenant's collection is
-    reported exactly like one that never existed."""
+    reported exactly like one that never existed. `recent`: a collection this process found in the
+    last MODELGATE_COLLECTION_CACHE_SECONDS will do (searches; find() checks that it still exists)."""
+    if recent and (kept := recent_collections.get((tenant.pk, ref))) is not None:
+        return kept
     queryset = Collection.objects.filter(tenant=tenant).select_related("model")
     try:
         lookup: dict[str, Any] = {"pk": uuid.UUID(ref)}
     except ValueError:
         lookup = {"name": ref}
     try:
-        return queryset.get(**lookup)
+        collection = queryset.get(**lookup)
     except Collection.DoesNotExist:
         raise NotFound(f"No collection {ref!r}.") from None
+    if recent:
+        recent_collections.put((tenant.pk, ref), collection)
+    return collection
+
+
+# Shared by the threads of a process: the search path only reads these rows.
+recent_collections: Recent[tuple[int, str], Collection] = Recent(lambda: settings.MODELGATE_COLLECTION_CACHE_SECONDS)
 
 
 def create_collection(
@@ -412,21 +424,30 @@ def search_collection(*, key: ApiKey, collection: Collection, query: SearchQuery
         if collection.model is None:
             raise ApiError("vector: This collection has no embedding model: search with a vector.")
         [vector], embedding = embed_texts(key=key, collection=collection, texts=[query.text], request_id=request_id)
-    database_started = time.perf_counter()
-    hits = find(collection=collection, vector=vector, query=query)
-    database_ms = (time.perf_counter() - database_started) * 1000
-    reranked = None
-    if query.rerank and hits:
-        hits, reranked = rerank(key=key, text=query.text, hits=hits, model=query.rerank_model, request_id=request_id)
+
+    def record(hits: list[Hit], database_ms: float, reranked: Routed | None) -> SearchRecord:
+        row = SearchRecord(
+            request_id=request_id, tenant_id=collection.tenant_id, api_key=key, collection=collection,
+            collection_name=collection.name, mode=query.mode, query_preview=(query.text or "")[:200], k=query.k,
+            ef_search=None if query.exact else effective_ef_search(query), filtered=bool(query.filter),
+            reranked=reranked is not None, rows=len(hits), latency_ms=(time.perf_counter() - started) * 1000,
+            database_ms=database_ms, embedding=embedding.record if embedding else None,
+        )
+        insert_row(row)
+        return row
+
+    # Without a rerank, the record rides the search's own transaction, which commits without waiting
+    # for the disk (see _settings_sql): a search costs one commit and no flush.
+    with transaction.atomic():
+        database_started = time.perf_counter()
+        hits = find(collection=collection, vector=vector, query=query)
+        database_ms = (time.perf_counter() - database_started) * 1000
+        if not (query.rerank and hits):
+            hits = hits[: query.k]
+            return SearchOutcome(hits=hits, record=record(hits, database_ms, None), embedding=embedding)
+    hits, reranked = rerank(key=key, text=query.text, hits=hits, model=query.rerank_model, request_id=request_id)
     hits = hits[: query.k]
-    record = SearchRecord.objects.create(
-        request_id=request_id, tenant_id=collection.tenant_id, api_key=key, collection=collection,
-        collection_name=collection.name, mode=query.mode, query_preview=(query.text or "")[:200], k=query.k,
-        ef_search=None if query.exact else effective_ef_search(query), filtered=bool(query.filter),
-        reranked=reranked is not None, rows=len(hits), latency_ms=(time.perf_counter() - started) * 1000,
-        database_ms=database_ms, embedding=embedding.record if embedding else None,
-    )
-    return SearchOutcome(hits=hits, record=record, embedding=embedding, rerank=reranked)
+    return SearchOutcome(hits=hits, record=record(hits, database_ms, reranked), embedding=embedding, rerank=reranked)
 
 
 def operator_search(*, collection: Collection, query: SearchQuery, operator: str) -> SearchOutcome:
@@ -463,13 +484,19 @@ def effective_ef_search(query: SearchQuery) -> int:
 def find(*, collection: Collection, vector: np.ndarray, query: SearchQuery) -> list[Hit]:
     """The database half of a search. The HNSW settings are SET LOCAL, so they end with the
     transaction and never leak into another request's use of a pooled connection."""
-    statements = [_settings_sql(query), _nearest_sql(collection, vector, query)]
+    statements = [_settings_sql(query), _exists_sql(collection), _nearest_sql(collection, vector, query)]
     keyword = query.hybrid and bool(query.text)
     if keyword:
         statements.append(_keyword_sql(collection, query))
-    with transaction.atomic(), connection.cursor() as cursor:
-        # One round trip for the settings and the searches: client-side binding sends them as one query.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        # One round trip for the settings, the collection's check and the searches: client-side binding
+        # sends them as one query.
         cursor.execute(";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
+        cursor.nextset()
+        if cursor.fetchone() is None:
+            # Deleted since it was looked up (a recently seen collection may be a few seconds old).
+            recent_collections.forget()
+            raise NotFound(f"No collection {collection.name!r}.")
         cursor.nextset()
         nearest = _nearest_hits(cursor.fetchall(), collection)
         keyword_hits = []
@@ -492,12 +519,18 @@ def explain(*, collection: Collection, vector: np.ndarray, query: SearchQuery) -
 def _settings_sql(query: SearchQuery) -> tuple[str, list[Any]]:
     """SET LOCAL for one search. relaxed_order: when a filter discards rows, the HNSW scan goes on
     until it has found enough. No JIT: the planner's cost of an index scan that might walk the whole
-    graph passes the JIT threshold, and compiling (~3 ms) costs more than the search it would speed up."""
+    graph passes the JIT threshold, and compiling (~3 ms) costs more than the search it would speed up.
+    No waiting for the disk at commit: the only write a search transaction makes is its search record
+    (a crash of PostgreSQL may lose the last fraction of a second of those, never documents or money)."""
     return (
         "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-        "set_config('jit', 'off', true)",
+        "set_config('jit', 'off', true), set_config('synchronous_commit', 'off', true)",
         [str(effective_ef_search(query))],
     )
+
+
+def _exists_sql(collection: Collection) -> tuple[str, list[Any]]:
+    return f"SELECT 1 FROM {Collection._meta.db_table} WHERE id = %s AND tenant_id = %s", [collection.pk, collection.tenant_id]
 
 
 def _nearest_sql(collection: Collection, vector: np.ndarray, query: SearchQuery) -> tuple[str, list[Any]]:

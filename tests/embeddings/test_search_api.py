@@ -180,3 +180,28 @@ def test_a_collection_of_own_vectors_is_searched_by_vector_with_its_distance(api
     assert body["results"][0]["score"] == -body["results"][0]["distance"]
     text = post(api, "/v1/collections/points/search", {"query": "near"}, alice)
     assert text.status_code == 400 and "no embedding model" in text.json()["error"]["message"]
+
+
+def test_a_recently_found_collection_costs_no_lookup_and_a_deleted_one_is_still_gone(
+    api, alice, bob, collection, settings, django_assert_num_queries
+):
+    settings.MODELGATE_COLLECTION_CACHE_SECONDS = 2
+    vector = list(Document.objects.get(external_id="cats-0").embedding)
+    first = search(api, alice, {"vector": vector, "k": 5})
+    # key+tenant, SAVEPOINT, the settings with the collection's check and the search, the record, RELEASE
+    with django_assert_num_queries(5):
+        again = search(api, alice, {"vector": vector, "k": 5})
+    assert [hit["id"] for hit in again["results"]] == [hit["id"] for hit in first["results"]]
+    # Bob's collection of the same name is his own, cached or not.
+    assert post(api, "/v1/collections/notes/search", {"vector": vector, "k": 5}, bob).status_code == 404
+    assert post(api, "/v1/collections", {"name": "notes", "model": None, "dimension": 384}, bob).status_code == 201
+    assert search(api, bob, {"vector": vector, "k": 5})["results"] == []
+    # Deleted by another server process (no signal reaches this one): the search's own check sees it.
+    records = SearchRecord.objects.count()
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM embeddings_document WHERE collection_id = %s", [collection["id"]])
+        cursor.execute("UPDATE embeddings_searchrecord SET collection_id = NULL WHERE collection_id = %s", [collection["id"]])
+        cursor.execute("DELETE FROM embeddings_collection WHERE id = %s", [collection["id"]])
+    gone = post(api, "/v1/collections/notes/search", {"vector": vector, "k": 5}, alice)
+    assert gone.status_code == 404 and gone.json()["error"]["message"] == "No collection 'notes'."
+    assert SearchRecord.objects.count() == records

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from inference.base import ModelConfig
+from inference.embeddings import length_chunks
 from inference.errors import InvalidInput, ModelLoadError
 from inference.payloads import RerankInput
 
@@ -70,3 +71,25 @@ def test_rerank_scores_every_document_of_every_caller_in_order(shared_pool, rera
 def test_bad_rerank_input_is_refused(shared_pool, reranker_config, item, message):
     with pytest.raises(InvalidInput, match=message):
         shared_pool.infer(reranker_config, item)
+
+
+def test_length_chunks_group_texts_of_about_one_length_within_both_limits():
+    lengths = [5, 300, 7, 6, 120, 5, 8, 250, 9, 6]
+    chunks = length_chunks(lengths, max_texts=3, max_tokens=600)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    for chunk in chunks:
+        assert len(chunk) <= 3 and len(chunk) * max(lengths[i] for i in chunk) <= 600 or len(chunk) == 1
+    flat = [lengths[i] for chunk in chunks for i in chunk]
+    assert flat == sorted(lengths)
+    assert [[lengths[i] for i in chunk] for chunk in chunks] == [[5, 5, 6], [6, 7, 8], [9, 120], [250, 300]]
+    assert length_chunks([], max_texts=32, max_tokens=4096) == []
+
+
+def test_chunked_embeddings_match_one_text_at_a_time_in_input_order(shared_pool, minilm_config):
+    texts = ["a cat", "The quarterly report on interest rates and bonds was published this morning.", "ok",
+             "A much longer sentence about the weather in the mountains, where it snowed all week long."] * 3
+    together = shared_pool.infer_many(minilm_config, texts, timeout=120)
+    for text, embedding in zip(texts, together):
+        [alone] = shared_pool.infer_many(minilm_config, [text], timeout=120)
+        assert embedding.tokens == alone.tokens
+        assert np.allclose(embedding.vector, alone.vector, atol=1e-5)
