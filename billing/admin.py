@@ -20,7 +20,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from billing.models import Alert, Budget, SpendLimit, UsageDaily
+from billing.models import Alert, Budget, SpendLimit, UsageDaily, period_bounds
 from billing.usage import MAX_RANGE_DAYS, daily_series, today, top_models, usage_rows
 from registry.models import ModelSpec
 from tenants.models import Tenant
@@ -150,7 +150,18 @@ class BudgetAdmin(admin.ModelAdmin):
             return super().save_model(request, obj, form, change)
         # Requests move spent and reserved concurrently with conditional UPDATEs: writing back the values
         # this form loaded would undo them.
-        obj.save(update_fields=[*(name for name in form.cleaned_data if name != "tenant"), "updated_at"])
+        fields = [*(name for name in form.cleaned_data if name != "tenant"), "updated_at"]
+        if {"period", "custom_days"} & set(form.changed_data):
+            # A new kind of period starts with the window holding today; what was spent counts toward it.
+            obj.period_start, obj.period_end = period_bounds(obj.period, obj.custom_days, timezone.now())
+            fields += ["period_start", "period_end"]
+            self.message_user(
+                request,
+                f"The budget's period is now {obj.period}: this one runs from "
+                f"{obj.period_start:%Y-%m-%d %H:%M} to {obj.period_end:%Y-%m-%d %H:%M} UTC, and what was spent so far "
+                "counts toward it.",
+            )
+        obj.save(update_fields=fields)
 
     def save_formset(self, request: HttpRequest, form: forms.ModelForm, formset: BaseInlineFormSet, change: bool) -> None:
         if formset.model is not SpendLimit:

@@ -21,7 +21,7 @@ import socket
 import time
 from datetime import datetime
 from decimal import Decimal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 from django.conf import settings
@@ -169,10 +169,10 @@ def _webhook(alert: Alert, body: dict[str, object]) -> str:
         if attempt > 1:
             time.sleep(settings.MODELGATE_WEBHOOK_RETRY_SECONDS * 2 ** (attempt - 2))
         try:
-            check_webhook_url(budget.webhook_url)  # again at send time: DNS may have changed
+            address = check_webhook_url(budget.webhook_url)  # again at send time: DNS may have changed
             timestamp = str(int(time.time()))
-            response = httpx2.post(
-                budget.webhook_url, content=raw, timeout=settings.MODELGATE_WEBHOOK_TIMEOUT, follow_redirects=False,
+            response = post_pinned(
+                budget.webhook_url, address, content=raw,
                 headers={"content-type": "application/json", "user-agent": "Modelgate-Alerts/1",
                          "x-modelgate-event": "budget.threshold_crossed", "x-modelgate-timestamp": timestamp,
                          "x-modelgate-signature": sign(secret, timestamp, raw)},
@@ -194,24 +194,42 @@ def _webhook(alert: Alert, body: dict[str, object]) -> str:
 
 
 # --- webhook settings -----------------------------------------------------------------------------
-def check_webhook_url(url: str) -> None:
+def check_webhook_url(url: str) -> str | None:
     """https or http only, and — unless the operator allows it — no private, loopback or link-local
-    target: a tenant's webhook must not reach into the network Modelgate runs in."""
+    target: a tenant's webhook must not reach into the network Modelgate runs in. Returns the vetted
+    address to connect to (None when private targets are allowed and nothing was resolved)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("The webhook URL must be an http:// or https:// URL with a host.")
     if parts.username or parts.password:
         raise ValidationError("The webhook URL must not carry credentials; verify the signature instead.")
     if settings.MODELGATE_WEBHOOK_ALLOW_PRIVATE:
-        return
+        return None
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)}
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise ValidationError(f"The webhook host {parts.hostname!r} does not resolve.") from None
+    addresses = [info[4][0] for info in infos]
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if not ip.is_global:
             raise ValidationError(f"The webhook host {parts.hostname!r} resolves to a non-public address ({ip}).")
+    return addresses[0]
+
+
+def post_pinned(url: str, address: str | None, *, content: bytes, headers: dict[str, str]) -> httpx2.Response:
+    """POST to `url` over a connection to `address`, the one check_webhook_url vetted: a second DNS
+    answer (rebinding) cannot send the request elsewhere. The Host header and the TLS server name
+    (and so the certificate check) stay the URL's host. No proxy from the environment, no redirects."""
+    extensions: dict[str, str] = {}
+    if address is not None:
+        parts = urlsplit(url)
+        host = f"[{address}]" if ":" in address else address
+        headers = {**headers, "host": parts.netloc}
+        extensions["sni_hostname"] = parts.hostname or ""
+        url = urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+    with httpx2.Client(timeout=settings.MODELGATE_WEBHOOK_TIMEOUT, follow_redirects=False, trust_env=False) as client:
+        return client.send(client.build_request("POST", url, content=content, headers=headers, extensions=extensions))
 
 
 def set_webhook(budget: Budget, url: str) -> str | None:

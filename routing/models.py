@@ -5,6 +5,7 @@ import uuid
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
+from django.contrib.postgres.indexes import BrinIndex
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -128,6 +129,8 @@ class InferenceRecord(models.Model):
             models.Index(fields=["task", "-created_at"], name="record_task_time"),
             models.Index(fields=["model_slug", "-created_at"], name="record_model_time"),
             models.Index(fields=["created_at"], condition=Q(status="pending"), name="record_pending"),
+            # Day ranges for the usage rollups: rows arrive in time order, so a block range index is tiny.
+            BrinIndex(fields=["created_at"], name="record_created_brin"),
         ]
 
     def __str__(self) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core import mail
+from django.core.exceptions import ValidationError
 from django_q.models import OrmQ
 
 from billing import alerts
@@ -169,6 +171,29 @@ def test_webhooks_may_not_point_inside_the_network(api, alice, settings):
         assert response.status_code == 400, url
         assert response.json()["error"]["code"] == "invalid_request"
     assert Budget.objects.get(tenant=alice.tenant).webhook_url == ""
+
+
+def test_a_webhook_goes_to_the_address_that_was_vetted_not_to_a_second_dns_answer(receiver, settings, monkeypatch):
+    from billing.alerts import check_webhook_url, post_pinned
+
+    real_getaddrinfo = socket.getaddrinfo
+    settings.MODELGATE_WEBHOOK_ALLOW_PRIVATE = False
+    answers = iter(["93.184.215.14", "127.0.0.1"])  # public when checked, loopback when asked again (rebinding)
+    monkeypatch.setattr("socket.getaddrinfo", lambda host, port, **kw: [(2, 1, 6, "", (next(answers), port))])
+    url = f"http://hooks.alpha.example:{receiver.server.server_port}/hooks/budget"
+    assert check_webhook_url(url) == "93.184.215.14"
+    with pytest.raises(ValidationError, match="non-public address"):
+        check_webhook_url(url)
+    # Sent to the vetted address (here the receiver on loopback), never resolved again, with the URL's Host.
+    def only_addresses(host, *args, **kwargs):
+        assert host != "hooks.alpha.example", "the webhook host was resolved again"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr("socket.getaddrinfo", only_addresses)
+    response = post_pinned(url, "127.0.0.1", content=b"{}", headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    [(headers, body)] = receiver.received
+    assert headers["host"] == f"hooks.alpha.example:{receiver.server.server_port}" and body == b"{}"
 
 
 def test_alert_settings_need_a_full_key_and_a_budget(api, alice, alice_limited, bob):

@@ -9,6 +9,7 @@ from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from django.utils import timezone
 
 from billing.models import Alert, Budget, SpendLimit, UsageDaily
 from billing.usage import rollup
@@ -183,6 +184,21 @@ def test_saving_a_budget_keeps_what_requests_spent_meanwhile(admin_client, budge
     budget.refresh_from_db()
     assert (budget.limit, budget.spent, budget.reserved) == (Decimal("20"), Decimal("2.5"), Decimal("0.5"))
     assert budget.webhook_secret == "whsec-do-not-show-me"
+
+
+def test_changing_the_kind_of_period_starts_the_window_holding_today(admin_client, budget):
+    Budget.objects.filter(pk=budget.pk).update(spent=Decimal("2.5"))
+    response = admin_client.post(f"/admin/billing/budget/{budget.pk}/change/", budget_form(budget, period="daily"),
+                                 follow=True)
+    assert response.status_code == 200 and "period is now daily: this one runs from" in response.content.decode()
+    budget.refresh_from_db()
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    assert (budget.period, budget.period_start, budget.period_end) == ("daily", today, today + timedelta(days=1))
+    assert budget.spent == Decimal("2.5")
+    # Saving again without touching the period keeps the window.
+    admin_client.post(f"/admin/billing/budget/{budget.pk}/change/", budget_form(budget, limit="30"))
+    budget.refresh_from_db()
+    assert (budget.limit, budget.period_end) == (Decimal("30"), today + timedelta(days=1))
 
 
 def test_an_operator_can_remove_a_webhook_and_change_the_alert_email(admin_client, budget):
