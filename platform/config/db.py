@@ -119,16 +119,15 @@ def _ensure_database(host: str, port: int, name: str) -> None:
 
 
 @contextmanager
-def prepared_cursor(connection: Any = None) -> Iterator[Any]:
+def prepared_cursor() -> Iterator[Any]:
     """A cursor for the hot path's fixed statements: parameters bound by the server and each
     statement prepared once per connection, so PostgreSQL plans it once instead of per request
     (a statement of several CTEs takes longer to plan than to run). Statements are logged and
     counted like any Django query. MODELGATE_DB_PREPARED_STATEMENTS=false (for a pooler that cannot
     keep prepared statements) keeps the server-side binding and plans every time."""
-    from django.db import connection as default_connection
+    from django.db import connection
     from django.db.backends.postgresql.base import ServerBindingCursor
 
-    connection = connection or default_connection
     connection.ensure_connection()
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
@@ -140,12 +139,11 @@ def prepared_cursor(connection: Any = None) -> Iterator[Any]:
         cursor.close()
 
 
-def insert_statement(row: Any, connection: Any = None) -> tuple[str, list[object]]:
+def insert_statement(row: Any) -> tuple[str, list[object]]:
     """The INSERT Django would send for `row` (its primary key must already be set)."""
-    from django.db import connection as default_connection
+    from django.db import connection
     from django.db.models.sql import InsertQuery
 
-    connection = connection or default_connection
     fields = [field for field in row._meta.local_concrete_fields if not field.generated]
     query = InsertQuery(type(row))
     query.insert_values(fields, [row])
@@ -171,6 +169,22 @@ def insert_row(row: Any) -> None:
     statement, params = insert_statement(row)
     with prepared_cursor() as cursor:
         cursor.execute(statement, params)
+    row._state.adding, row._state.db = False, connection.alias
+
+
+def insert_row_unflushed(row: Any) -> None:
+    """Insert a telemetry row (a search record) without waiting for the disk at commit: a crash of
+    PostgreSQL may lose the last fraction of a second of such rows, never anything else. The setting
+    and the INSERT go as one message, which autocommit runs as one transaction, so the setting
+    covers exactly this row; inside a caller's transaction the row is written normally."""
+    from django.db import connection
+
+    if not connection.get_autocommit() or connection.in_atomic_block:
+        insert_row(row)
+        return
+    statement, params = insert_statement(row)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('synchronous_commit', 'off', true);\n" + statement, params)
     row._state.adding, row._state.db = False, connection.alias
 
 

@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework import status
 
-from config.db import insert_row
+from config.db import insert_row_unflushed
 from config.errors import ApiError, NotFound
 from config.logs import current_request_id
 from config.recent import Recent
@@ -433,19 +433,15 @@ def search_collection(*, key: ApiKey, collection: Collection, query: SearchQuery
             reranked=reranked is not None, rows=len(hits), latency_ms=(time.perf_counter() - started) * 1000,
             database_ms=database_ms, embedding=embedding.record if embedding else None,
         )
-        insert_row(row)
+        insert_row_unflushed(row)
         return row
 
-    # Without a rerank, the record rides the search's own transaction, which commits without waiting
-    # for the disk (see _settings_sql): a search costs one commit and no flush.
-    with transaction.atomic():
-        database_started = time.perf_counter()
-        hits = find(collection=collection, vector=vector, query=query)
-        database_ms = (time.perf_counter() - database_started) * 1000
-        if not (query.rerank and hits):
-            hits = hits[: query.k]
-            return SearchOutcome(hits=hits, record=record(hits, database_ms, None), embedding=embedding)
-    hits, reranked = rerank(key=key, text=query.text, hits=hits, model=query.rerank_model, request_id=request_id)
+    database_started = time.perf_counter()
+    hits = find(collection=collection, vector=vector, query=query)
+    database_ms = (time.perf_counter() - database_started) * 1000
+    reranked = None
+    if query.rerank and hits:
+        hits, reranked = rerank(key=key, text=query.text, hits=hits, model=query.rerank_model, request_id=request_id)
     hits = hits[: query.k]
     return SearchOutcome(hits=hits, record=record(hits, database_ms, reranked), embedding=embedding, rerank=reranked)
 
@@ -482,15 +478,16 @@ def effective_ef_search(query: SearchQuery) -> int:
 
 
 def find(*, collection: Collection, vector: np.ndarray, query: SearchQuery) -> list[Hit]:
-    """The database half of a search. The HNSW settings are SET LOCAL, so they end with the
-    transaction and never leak into another request's use of a pooled connection."""
+    """The database half of a search, in one round trip: the HNSW settings, the collection's check
+    and the searches go as one message, which PostgreSQL runs as one transaction (client-side
+    binding sends them as one query). The settings are local to that transaction, so they never leak
+    into another request's use of a pooled connection (inside a caller's transaction, they last
+    until it ends)."""
     statements = [_settings_sql(query), _exists_sql(collection), _nearest_sql(collection, vector, query)]
     keyword = query.hybrid and bool(query.text)
     if keyword:
         statements.append(_keyword_sql(collection, query))
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        # One round trip for the settings, the collection's check and the searches: client-side binding
-        # sends them as one query.
+    with connection.cursor() as cursor:
         cursor.execute(";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
         cursor.nextset()
         if cursor.fetchone() is None:
@@ -519,12 +516,10 @@ def explain(*, collection: Collection, vector: np.ndarray, query: SearchQuery) -
 def _settings_sql(query: SearchQuery) -> tuple[str, list[Any]]:
     """SET LOCAL for one search. relaxed_order: when a filter discards rows, the HNSW scan goes on
     until it has found enough. No JIT: the planner's cost of an index scan that might walk the whole
-    graph passes the JIT threshold, and compiling (~3 ms) costs more than the search it would speed up.
-    No waiting for the disk at commit: the only write a search transaction makes is its search record
-    (a crash of PostgreSQL may lose the last fraction of a second of those, never documents or money)."""
+    graph passes the JIT threshold, and compiling (~3 ms) costs more than the search it would speed up."""
     return (
         "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-        "set_config('jit', 'off', true), set_config('synchronous_commit', 'off', true)",
+        "set_config('jit', 'off', true)",
         [str(effective_ef_search(query))],
     )
 

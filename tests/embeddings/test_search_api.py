@@ -133,9 +133,9 @@ def test_reranked_search_orders_the_candidates_by_the_cross_encoder(api, alice, 
 
 def test_searching_by_vector_costs_a_pinned_number_of_queries(api, alice, collection, django_assert_num_queries):
     vector = list(Document.objects.get(external_id="cats-0").embedding)
-    # key+tenant, the collection, SET LOCAL and the search in one statement, the search record;
-    # + SAVEPOINT and RELEASE in tests
-    with django_assert_num_queries(6):
+    # key+tenant, the collection, the HNSW settings with the collection's check and the search in one
+    # round trip, the search record
+    with django_assert_num_queries(4):
         search(api, alice, {"vector": vector, "k": 5})
 
 
@@ -188,8 +188,8 @@ def test_a_recently_found_collection_costs_no_lookup_and_a_deleted_one_is_still_
     settings.MODELGATE_COLLECTION_CACHE_SECONDS = 2
     vector = list(Document.objects.get(external_id="cats-0").embedding)
     first = search(api, alice, {"vector": vector, "k": 5})
-    # key+tenant, SAVEPOINT, the settings with the collection's check and the search, the record, RELEASE
-    with django_assert_num_queries(5):
+    # key+tenant, the settings with the collection's check and the search, the record
+    with django_assert_num_queries(3):
         again = search(api, alice, {"vector": vector, "k": 5})
     assert [hit["id"] for hit in again["results"]] == [hit["id"] for hit in first["results"]]
     # Bob's collection of the same name is his own, cached or not.
