@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from config.recent import Recent
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Q
@@ -17,6 +16,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from config.recent import Recent
 from tenants.models import KEY_PATTERN, ApiKey, Tenant
 
 # Compared against when the prefix is unknown, so a miss costs the same work as a wrong secret.
