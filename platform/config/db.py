@@ -14,6 +14,19 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 EMBEDDED_DATABASE_NAME = "modelgate"
+# The embedded server's settings where PostgreSQL's defaults (sized for a small shared machine) cost
+# the gateway: 128 MB of shared buffers do not hold a 100,000-document HNSW index (~225 MB at 384
+# dimensions), so every search and every insert would copy graph pages in from the OS cache. The
+# index builds of new dimensions want the graph in maintenance_work_mem; fewer checkpoints mean
+# fewer full-page images in the WAL during ingestion. MODELGATE_EMBEDDED_PG_SETTINGS overrides or
+# extends these. A DATABASE_URL server is the operator's to tune (README, Operations).
+EMBEDDED_SERVER_SETTINGS = {
+    "shared_buffers": "1GB",
+    "maintenance_work_mem": "512MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "wal_compression": "pglz",
+}
 POSTGRES_ENGINES = {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}
 
 
@@ -25,7 +38,13 @@ class DatabaseChoice:
 
 
 def configure_database(
-    *, url: str | None, pgdata: Path, conn_max_age: int, connect_timeout: int, prepared_statements: bool = True
+    *,
+    url: str | None,
+    pgdata: Path,
+    conn_max_age: int,
+    connect_timeout: int,
+    prepared_statements: bool = True,
+    server_settings: dict[str, str] | None = None,
 ) -> DatabaseChoice:
     if url:
         settings = dj_database_url.parse(
@@ -38,7 +57,7 @@ def configure_database(
             )
         embedded, started_here = False, False
     else:
-        settings, started_here = start_embedded(pgdata)
+        settings, started_here = start_embedded(pgdata, server_settings=server_settings)
         settings.update(CONN_MAX_AGE=conn_max_age, CONN_HEALTH_CHECKS=conn_max_age > 0)
         embedded = True
     options = settings.setdefault("OPTIONS", {})
@@ -50,8 +69,8 @@ def configure_database(
     return DatabaseChoice(settings=settings, embedded=embedded, started_here=started_here)
 
 
-def start_embedded(pgdata: Path) -> tuple[dict[str, Any], bool]:
-    """Start (or attach to) the embedded server and make sure the app database exists."""
+def start_embedded(pgdata: Path, *, server_settings: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+    """Start (or attach to) the embedded server, give it its settings and make sure the app database exists."""
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp, which is fine here.
         warnings.simplefilter("ignore")
@@ -67,6 +86,14 @@ def start_embedded(pgdata: Path) -> tuple[dict[str, Any], bool]:
     info = server.get_postmaster_info()
     if info.socket_dir is None:
         raise ImproperlyConfigured(f"The embedded PostgreSQL in {pgdata} has no Unix socket.")
+    pending = apply_server_settings(str(info.socket_dir), info.port, server_settings or {})
+    if pending and not running_before:
+        # Started a moment ago by this process: nobody is connected yet, so it can restart now.
+        _pg_ctl(pgdata, "restart")
+    elif pending:
+        logging.getLogger(__name__).warning(
+            "The embedded PostgreSQL applies %s at its next start: run `make stop` while nothing uses it.", ", ".join(pending)
+        )
     _ensure_database(str(info.socket_dir), info.port, EMBEDDED_DATABASE_NAME)
     settings = {
         "ENGINE": "django.db.backends.postgresql",
@@ -86,9 +113,54 @@ def stop_embedded(pgdata: Path) -> bool:
 
     if not _is_running(pgdata, PostmasterInfo):
         return False
-    user = "pgserver" if _running_as_root() else None
-    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    _pg_ctl(pgdata, "stop")
     return True
+
+
+def _pg_ctl(pgdata: Path, action: str) -> None:
+    import pgserver
+
+    # pg_ctl restart starts the server again with the options it was started with (postmaster.opts).
+    pgserver.pg_ctl(["-w", "-m", "fast", action], pgdata=pgdata, user="pgserver" if _running_as_root() else None)
+
+
+def embedded_server_settings(overrides: list[str]) -> dict[str, str]:
+    """EMBEDDED_SERVER_SETTINGS with MODELGATE_EMBEDDED_PG_SETTINGS (`name=value` items) over them."""
+    chosen = dict(EMBEDDED_SERVER_SETTINGS)
+    for item in overrides:
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise ImproperlyConfigured(f"MODELGATE_EMBEDDED_PG_SETTINGS items are name=value; got {item!r}.")
+        chosen[name.strip().lower()] = value.strip()
+    return chosen
+
+
+def apply_server_settings(host: str, port: int, wanted: dict[str, str]) -> list[str]:
+    """Write the settings that postgresql.auto.conf does not hold yet (ALTER SYSTEM) and reload;
+    returns those still waiting for a restart (shared_buffers and other postmaster settings)."""
+    import psycopg
+    from psycopg import sql
+
+    if not wanted:
+        return []
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        contexts = dict(conn.execute("SELECT name, context FROM pg_settings WHERE name = ANY(%s)", [list(wanted)]).fetchall())
+        unknown = sorted(set(wanted) - set(contexts))
+        if unknown:
+            raise ImproperlyConfigured(f"MODELGATE_EMBEDDED_PG_SETTINGS: PostgreSQL has no setting {', '.join(unknown)}.")
+        written = dict(conn.execute(
+            "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' AND error IS NULL"
+        ).fetchall())
+        changed = [name for name, value in wanted.items() if written.get(name) != value]
+        for name in changed:
+            try:
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(wanted[name])))
+            except psycopg.Error as exc:
+                raise ImproperlyConfigured(f"MODELGATE_EMBEDDED_PG_SETTINGS: {name} = {wanted[name]!r}: {exc}") from None
+        if changed:
+            conn.execute("SELECT pg_reload_conf()")
+        waiting = conn.execute("SELECT name FROM pg_settings WHERE pending_restart AND name = ANY(%s)", [list(wanted)]).fetchall()
+        return sorted({name for name in changed if contexts[name] == "postmaster"} | {name for (name,) in waiting})
 
 
 def _is_running(pgdata: Path, postmaster_info: Any) -> bool:

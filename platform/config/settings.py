@@ -8,7 +8,7 @@ from pathlib import Path
 import dj_email_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.db import configure_database
+from config.db import configure_database, embedded_server_settings
 from config.env import env_bool, env_decimal, env_float, env_int, env_list, env_path, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -94,12 +94,14 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+EMBEDDED_PG_SETTINGS = embedded_server_settings(env_list("MODELGATE_EMBEDDED_PG_SETTINGS", []))
 DATABASE_CHOICE = configure_database(
     url=env_str("DATABASE_URL"),
     pgdata=PGDATA,
     conn_max_age=env_int("MODELGATE_DB_CONN_MAX_AGE", 60, min_value=0),
     connect_timeout=env_int("MODELGATE_DB_CONNECT_TIMEOUT", 10, min_value=1, max_value=300),
     prepared_statements=env_bool("MODELGATE_DB_PREPARED_STATEMENTS", True),
+    server_settings=EMBEDDED_PG_SETTINGS,
 )
 DATABASES = {"default": DATABASE_CHOICE.settings}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
