@@ -72,13 +72,14 @@ def fresh_routing_cache():
 def no_key_cache():
     """Tests change keys, tenants and collections with update() and expect the very next request to see it,
     which the per-process caches by design do not; their own tests, and the pin of a premium request's
-    queries, turn them on."""
+    queries, turn them on. Search records are written in the request: a test's transaction is not
+    visible to the background writer's connection (tests/config/test_telemetry.py runs that one)."""
     from embeddings.services import recent_collections
     from tenants.authentication import recent_keys
 
     recent_keys.forget()
     recent_collections.forget()
-    with override_settings(MODELGATE_KEY_CACHE_SECONDS=0, MODELGATE_COLLECTION_CACHE_SECONDS=0):
+    with override_settings(MODELGATE_KEY_CACHE_SECONDS=0, MODELGATE_COLLECTION_CACHE_SECONDS=0, MODELGATE_TELEMETRY_BACKGROUND=False):
         yield
     recent_keys.forget()
     recent_collections.forget()

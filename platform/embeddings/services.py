@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework import status
 
-from config.db import insert_row_unflushed
+from config import telemetry
 from config.errors import ApiError, NotFound
 from config.logs import current_request_id
 from config.recent import Recent
@@ -433,7 +433,7 @@ def search_collection(*, key: ApiKey, collection: Collection, query: SearchQuery
             reranked=reranked is not None, rows=len(hits), latency_ms=(time.perf_counter() - started) * 1000,
             database_ms=database_ms, embedding=embedding.record if embedding else None,
         )
-        insert_row_unflushed(row)
+        telemetry.write(row)  # after the response: a search waits for its answer, not for its record
         return row
 
     database_started = time.perf_counter()
