@@ -59,6 +59,9 @@ def bench_database() -> Iterator[None]:
     try:
         yield
     finally:
+        from config import telemetry
+
+        telemetry.writer.stop()  # its connection would keep the database from being dropped
         connection.creation.destroy_test_db(old_name, verbosity=0)
         teardown_test_environment()
 

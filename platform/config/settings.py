@@ -213,9 +213,9 @@ MODELGATE_COLLECTION_MAX_TEXT_CHARACTERS = env_int("MODELGATE_COLLECTION_MAX_TEX
 MODELGATE_COLLECTION_MAX_METADATA_BYTES = env_int("MODELGATE_COLLECTION_MAX_METADATA_BYTES", 8192, min_value=64)
 # Wider vectors are stored and searched exactly; pgvector indexes at most 2,000 dimensions.
 MODELGATE_COLLECTION_MAX_DIMENSION = env_int("MODELGATE_COLLECTION_MAX_DIMENSION", 2000, min_value=1, max_value=16_000)
-# How long a process trusts a collection it found for a search (each search still checks it exists).
 # Search records are written by a per-process background writer after the response (config.telemetry).
 MODELGATE_TELEMETRY_BACKGROUND = env_bool("MODELGATE_TELEMETRY_BACKGROUND", True)
+# How long a process trusts a collection it found for a search (each search still checks it exists).
 MODELGATE_COLLECTION_CACHE_SECONDS = env_int("MODELGATE_COLLECTION_CACHE_SECONDS", 2, min_value=0, max_value=60)
 # hnsw.ef_search of a search that does not set its own (pgvector's default): the recall/latency trade-off.
 MODELGATE_SEARCH_EF_SEARCH = env_int("MODELGATE_SEARCH_EF_SEARCH", 40, min_value=1, max_value=1000)

@@ -24,6 +24,8 @@ from typing import Any
 
 from django.conf import settings
 
+from config.db import insert_row_unflushed
+
 logger = logging.getLogger(__name__)
 
 QUEUE_ROWS = 10_000
@@ -48,8 +50,6 @@ class BackgroundWriter:
         try:
             self._queue.put_nowait(row)
         except queue.Full:
-            from config.db import insert_row_unflushed
-
             insert_row_unflushed(row)  # back-pressure: this request pays, nothing is lost
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -164,6 +164,4 @@ def write(row: Any) -> None:
     if settings.MODELGATE_TELEMETRY_BACKGROUND:
         writer.submit(row)
     else:
-        from config.db import insert_row_unflushed
-
         insert_row_unflushed(row)
