@@ -23,22 +23,43 @@ def _check_text(text: Any, limit: int, what: str = "text") -> str:
     return text
 
 
-def length_chunks(lengths: list[int], *, max_texts: int, max_tokens: int) -> list[list[int]]:
-    """Indexes of texts grouped for forward passes: sorted by length, each pass at most `max_texts`
-    texts and `max_tokens` tokens once padded to its longest. A pass over texts of mixed length
-    spends most of its work on padding; one over a few short texts pays the per-pass cost for
-    little (on 2 cores: MiniLM embeds ~85 sentences/s in passes of 8, ~107/s in passes of 32 of
-    sorted lengths)."""
+# What a forward pass costs beyond its tokens (the layers' calls, pooling), in padded tokens' worth:
+# measured on 2 cores with MiniLM, passes of ~25 texts of one length run as fast per token as wider ones.
+PASS_TOKENS = 128
+
+
+def length_chunks(lengths: list[int], *, max_texts: int, max_tokens: int, pass_tokens: int = PASS_TOKENS) -> list[list[int]]:
+    """Indexes of texts grouped for forward passes at the least cost: sorted by length, cut where the
+    padded tokens plus `pass_tokens` per pass add up to the least (dynamic programming over the
+    sorted lengths), each pass at most `max_texts` texts and `max_tokens` tokens once padded to its
+    longest (a single longer text still gets a pass of its own).
+
+    Cutting every `max_texts` texts instead pads a lot: a batch's longest texts are spread far apart.
+    On 100,000 docstring sentences in batches of 256, fixed passes of 32 padded to 1.30× the real
+    tokens, these to 1.09×; MiniLM embedded 2,048 of them at ~203 texts/s instead of ~175 (best of
+    3 rounds, 2 cores), faster than one `SentenceTransformer.encode` call sorting all 2,048 (~184/s)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ordered = [lengths[i] for i in order]
+    # cost[j]: the cheapest grouping of the j shortest texts; start[j]: where its last pass starts.
+    cost = [0] * (len(ordered) + 1)
+    start = [0] * (len(ordered) + 1)
+    for end in range(1, len(ordered) + 1):
+        longest = ordered[end - 1]
+        best = None
+        for first in range(end - 1, max(0, end - max_texts) - 1, -1):
+            count = end - first
+            if count > 1 and count * longest > max_tokens:
+                break  # wider passes only grow
+            candidate = cost[first] + pass_tokens + count * longest
+            if best is None or candidate <= best:  # a tie goes to the wider pass: fewer passes
+                best, start[end] = candidate, first
+        cost[end] = best
     chunks: list[list[int]] = []
-    current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if current and (len(current) >= max_texts or (len(current) + 1) * lengths[index] > max_tokens):
-            chunks.append(current)
-            current = []
-        current.append(index)
-    if current:
-        chunks.append(current)
-    return chunks
+    end = len(ordered)
+    while end:
+        chunks.append(order[start[end] : end])
+        end = start[end]
+    return chunks[::-1]
 
 
 class SentenceTransformerEmbeddings(Backend):
@@ -46,6 +67,7 @@ class SentenceTransformerEmbeddings(Backend):
     task = Task.EMBEDDINGS
     option_types: ClassVar[dict[str, Any]] = {
         "max_characters": int, "max_seq_length": int, "encode_batch_size": int, "encode_batch_tokens": int,
+        "encode_pass_tokens": int,
     }
 
     def load(self) -> None:
@@ -72,7 +94,8 @@ class SentenceTransformerEmbeddings(Backend):
         lengths = [len(ids) for ids in self.tokenizer(batch, truncation=True, max_length=self.model.max_seq_length)["input_ids"]]
         vectors = np.empty((len(batch), self.dimension), dtype=np.float32)
         for chunk in length_chunks(
-            lengths, max_texts=self.option("encode_batch_size", 32), max_tokens=self.option("encode_batch_tokens", 4096)
+            lengths, max_texts=self.option("encode_batch_size", 32), max_tokens=self.option("encode_batch_tokens", 4096),
+            pass_tokens=self.option("encode_pass_tokens", PASS_TOKENS),
         ):
             vectors[chunk] = self.model.encode(
                 [batch[i] for i in chunk],

@@ -83,6 +83,31 @@ def test_length_chunks_group_texts_of_about_one_length_within_both_limits():
     assert flat == sorted(lengths)
     assert [[lengths[i] for i in chunk] for chunk in chunks] == [[5, 5, 6], [6, 7, 8], [9, 120], [250, 300]]
     assert length_chunks([], max_texts=32, max_tokens=4096) == []
+    assert length_chunks([5000], max_texts=32, max_tokens=4096) == [[0]]  # too long for the limit: alone
+
+
+def test_a_long_text_gets_a_pass_of_its_own_rather_than_padding_the_others():
+    lengths = [10] * 31 + [100]
+    chunks = length_chunks(lengths, max_texts=32, max_tokens=4096, pass_tokens=128)
+    # One pass of 32 would run 3,200 padded tokens; 31 × 10 and 1 × 100 run 410 for one more pass.
+    assert [len(chunk) for chunk in chunks] == [31, 1] and chunks[1] == [31]
+
+
+def test_the_grouping_costs_least_and_prefers_fewer_passes_on_a_tie():
+    import itertools
+
+    def cost(groups):
+        return sum(128 + len(g) * max(g) for g in groups)
+
+    lengths = [3, 4, 9, 10, 11, 30, 31, 90]
+    best = min(
+        cost([sorted(lengths)[a:b] for a, b in zip((0, *cuts), (*cuts, len(lengths)))])
+        for r in range(len(lengths))
+        for cuts in itertools.combinations(range(1, len(lengths)), r)
+    )
+    chunks = length_chunks(lengths, max_texts=32, max_tokens=4096, pass_tokens=128)
+    assert cost([[lengths[i] for i in chunk] for chunk in chunks]) == best
+    assert length_chunks([7] * 8, max_texts=32, max_tokens=4096, pass_tokens=0) == [list(range(8))]
 
 
 def test_chunked_embeddings_match_one_text_at_a_time_in_input_order(shared_pool, minilm_config):
