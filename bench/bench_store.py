@@ -250,7 +250,7 @@ def run() -> Table:
             "Recall@10 compares with exact search (`exact: true`, no index) of the same collection and filter. The HNSW "
             "index is m = 16, ef_construction = 64; filtered searches use pgvector's iterative scan (relaxed order).",
             f"Ingestion: upserts of {UPSERT_BATCH} documents from {CLIENTS} concurrent clients, embedded by the gateway's model "
-            "pool (batches of up to 256 texts, run in forward passes of texts of about one length) and written with their "
+            "pool (batches of up to 256 texts, sorted by length and cut into forward passes at the least padded cost) and written with their "
             f"HNSW and full-text index entries; interleaved with the raw encoder in blocks of {BLOCK}, each block's "
             "encode() call sorting its texts by length as sentence-transformers does. Size set by "
             "MODELGATE_BENCH_STORE_DOCUMENTS.",
