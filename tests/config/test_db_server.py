@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from config.db import EMBEDDED_SERVER_SETTINGS, embedded_server_settings, start_embedded, stop_embedded
+from config.db import EMBEDDED_SERVER_SETTINGS, apply_server_settings, embedded_server_settings, start_embedded, stop_embedded
 
 
 def test_overrides_replace_or_extend_the_defaults():
@@ -57,6 +57,10 @@ def test_a_new_server_starts_with_its_settings_and_a_running_one_reports_what_wa
     assert show(database, "shared_buffers") == "192MB"
     assert show(database, "work_mem") == "12MB"
     assert show(database, "checkpoint_timeout") == EMBEDDED_SERVER_SETTINGS["checkpoint_timeout"]
+    # Every later start with the same settings finds them written: nothing to alter, reload or restart.
+    auto_conf = (pgdata / "postgresql.auto.conf").read_text()
+    assert apply_server_settings(database["HOST"], int(database["PORT"]), wanted) == []
+    assert (pgdata / "postgresql.auto.conf").read_text() == auto_conf
 
     # Attached to while running: a reloadable setting applies at once, a postmaster one waits (and says so).
     with caplog.at_level(logging.WARNING, logger="config.db"):
