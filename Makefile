@@ -1,4 +1,4 @@
-# Modelgate: `make run` serves, `make test` tests; both build .venv on first use.
+# Modelgate: `make run` serves, `make test` checks the layer contracts and tests; both build .venv on first use.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 PYTHON ?= python3
@@ -17,6 +17,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	@# pip's notes about unused local package indexes are noise; real errors still fail the build.
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@# The source roots on the venv's path, for tools that run outside manage.py and pytest (lint-imports).
+	@printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/platform" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/modelgate.pth"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -27,6 +29,8 @@ stop: $(STAMP)
 	$(PY) manage.py serve --stop
 
 test: $(STAMP)
+	@# The layer contracts of .importlinter first: a broken one fails the run before any test.
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -30,6 +30,7 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
 
 from billing.models import Alert, Budget
+from core.crypto import WEBHOOK_SECRETS
 
 logger = logging.getLogger("modelgate.billing")
 
@@ -160,9 +161,7 @@ def _webhook(alert: Alert, body: dict[str, object]) -> str:
     if not budget.webhook_url or not budget.webhook_secret:
         Alert.objects.filter(pk=alert.pk).update(webhook_status=Alert.Delivery.SKIPPED)
         return Alert.Delivery.SKIPPED
-    from routing.crypto import decrypt
-
-    secret = decrypt(budget.webhook_secret)
+    secret = WEBHOOK_SECRETS.decrypt(budget.webhook_secret)
     raw = json.dumps(body, separators=(",", ":")).encode()
     error = ""
     for attempt in range(1, settings.MODELGATE_WEBHOOK_ATTEMPTS + 1):
@@ -235,12 +234,10 @@ def post_pinned(url: str, address: str | None, *, content: bytes, headers: dict[
 def set_webhook(budget: Budget, url: str) -> str | None:
     """Point the budget's alerts at `url` (empty: no webhook); returns the new signing secret, which
     is stored encrypted and shown only now."""
-    from routing.crypto import encrypt
-
     if not url:
         budget.webhook_url, budget.webhook_secret = "", ""
         return None
     check_webhook_url(url)
     secret = f"whsec_{secrets.token_urlsafe(32)}"
-    budget.webhook_url, budget.webhook_secret = url, encrypt(secret)
+    budget.webhook_url, budget.webhook_secret = url, WEBHOOK_SECRETS.encrypt(secret)
     return secret

@@ -9,9 +9,9 @@ class BillingConfig(AppConfig):
     def ready(self) -> None:
         from billing.models import SpendLimit
         from billing.tasks import ensure_schedules
-        from routing import config_cache
+        from core.recent import configuration
 
         post_migrate.connect(ensure_schedules, sender=self)
-        # Sub-limits are read through the routing configuration cache (billing.services.sub_limits_for).
-        post_save.connect(config_cache.clear, sender=SpendLimit, dispatch_uid="billing-cache-save-SpendLimit")
-        post_delete.connect(config_cache.clear, sender=SpendLimit, dispatch_uid="billing-cache-delete-SpendLimit")
+        # Sub-limits are read through the configuration cache (billing.services.sub_limits_for).
+        post_save.connect(configuration.forget, sender=SpendLimit, dispatch_uid="billing-cache-save-SpendLimit")
+        post_delete.connect(configuration.forget, sender=SpendLimit, dispatch_uid="billing-cache-delete-SpendLimit")

@@ -23,7 +23,7 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from config.errors import ApiError
+from core.errors import ApiError
 
 WINDOW = timedelta(minutes=1)
 

@@ -17,8 +17,9 @@ from django.utils import timezone
 from rest_framework import status
 
 from billing.models import Budget, SpendLimit, period_bounds
-from config.db import insert_row, insert_statement, prepared_cursor, update_rows, update_statement
-from config.errors import ApiError
+from core.db import insert_row, insert_statement, prepared_cursor, update_rows, update_statement
+from core.errors import ApiError
+from core.recent import configuration
 from tenants.models import Tenant
 
 
@@ -80,9 +81,7 @@ def roll_over(budget: Budget) -> Budget:
 def sub_limits_for(budget: Budget, *, key_id: int | None, model_slug: str) -> tuple[int, ...]:
     """The sub-limits an attempt by this key on this model counts against (cached like routing
     configuration: a budget without sub-limits costs no query after the first request)."""
-    from routing import config_cache
-
-    limits = config_cache.remember(
+    limits = configuration.remember(
         ("sub-limits", budget.pk),
         lambda: tuple(SpendLimit.objects.filter(budget_id=budget.pk).values_list("pk", "api_key_id", "model_slug")),
     )

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from billing.ratelimits import purge
 from billing.usage import rollup
-from config.schedules import register_schedules
+from core.schedules import register_schedules
 
 SCHEDULES = {
     # name: (function, schedule type, minutes between runs)

@@ -17,22 +17,11 @@ from rest_framework.views import APIView
 from billing import alerts
 from billing.models import Alert, Budget
 from billing.services import budget_status
-from billing.usage import GROUP_FIELDS, MAX_RANGE_DAYS, today, usage_report
-from config.errors import NotFound
-from routing.views import parse
+from billing.serializers import AlertSerializer, AlertSettingsSerializer, UsageQuerySerializer, UsageReportSerializer
+from billing.usage import MAX_RANGE_DAYS, usage_report
+from core.api import parse
+from core.errors import NotFound
 from tenants.models import Scope
-
-
-class AlertSettingsSerializer(serializers.Serializer):
-    alert_email = serializers.EmailField(required=False, allow_blank=True)
-    webhook_url = serializers.URLField(required=False, allow_blank=True, max_length=500)
-    rotate_webhook_secret = serializers.BooleanField(required=False, default=False,
-                                                     help_text="Issue a new signing secret for the current webhook.")
-
-    def validate(self, attrs: dict) -> dict:
-        if not {"alert_email", "webhook_url"} & attrs.keys() and not attrs.get("rotate_webhook_secret"):
-            raise serializers.ValidationError("Send alert_email, webhook_url or rotate_webhook_secret.")
-        return attrs
 
 
 class BudgetView(APIView):
@@ -89,13 +78,6 @@ class BudgetView(APIView):
         return Response(body)
 
 
-class AlertSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Alert
-        fields = ["id", "threshold", "spent", "limit", "period_start", "created_at", "email_status", "webhook_status",
-                  "webhook_attempts"]
-
-
 class AlertsView(generics.ListAPIView):
     """The tenant's budget alerts, newest first."""
 
@@ -104,69 +86,6 @@ class AlertsView(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Alert]:
         return Alert.objects.filter(tenant=self.request.auth.tenant).order_by("-created_at")
-
-
-class UsageQuerySerializer(serializers.Serializer):
-    group_by = serializers.ChoiceField(choices=list(GROUP_FIELDS), default="day", help_text="One row per day, model or task.")
-
-    def get_fields(self) -> dict[str, serializers.Field]:
-        fields = super().get_fields()
-        # `from` is a Python keyword: it cannot be declared as a class attribute.
-        fields["from"] = serializers.DateField(
-            required=False, input_formats=["%Y-%m-%d"], help_text="First day (UTC, YYYY-MM-DD); default: the first of `to`'s month."
-        )
-        fields["to"] = serializers.DateField(
-            required=False, input_formats=["%Y-%m-%d"], help_text="Last day, included (UTC, YYYY-MM-DD); default: today."
-        )
-        return fields
-
-    def validate(self, data: dict) -> dict:
-        data["to"] = data.get("to") or today()
-        data["from"] = data.get("from") or data["to"].replace(day=1)
-        if data["from"] > data["to"]:
-            raise serializers.ValidationError({"from": "Must not be after `to`."})
-        if (data["to"] - data["from"]).days + 1 > MAX_RANGE_DAYS:
-            raise serializers.ValidationError({"to": f"The range may span at most {MAX_RANGE_DAYS} days."})
-        return data
-
-
-class UsageSplitSerializer(serializers.Serializer):
-    requests = serializers.IntegerField()
-    cost = serializers.DecimalField(max_digits=20, decimal_places=12)
-
-
-class UsageSumsSerializer(serializers.Serializer):
-    requests = serializers.IntegerField(help_text="Attempts recorded: an escalated request counts once per model tried.")
-    ok = serializers.IntegerField()
-    errors = serializers.IntegerField()
-    rejected = serializers.IntegerField()
-    escalated = serializers.IntegerField()
-    cached = serializers.IntegerField()
-    units = serializers.DictField(
-        child=serializers.DictField(child=serializers.FloatField()),
-        help_text='By kind of unit (tokens, characters, seconds, items): {"in": …, "out": …}. Kinds are never added together.',
-    )
-    cost = serializers.DecimalField(max_digits=20, decimal_places=12)
-    mean_latency_ms = serializers.FloatField(allow_null=True)
-    local = UsageSplitSerializer(help_text="Served by local models.")
-    premium = UsageSplitSerializer(help_text="Served by provider APIs (standard and premium tiers).")
-
-
-class UsageRowSerializer(UsageSumsSerializer):
-    day = serializers.DateField(required=False, help_text="With group_by=day.")
-    model = serializers.CharField(required=False, help_text="With group_by=model.")
-    task = serializers.CharField(required=False, help_text="With group_by=task.")
-
-
-class UsageReportSerializer(serializers.Serializer):
-    group_by = serializers.ChoiceField(choices=list(GROUP_FIELDS))
-    totals = UsageSumsSerializer()
-    rows = UsageRowSerializer(many=True)
-
-    def get_fields(self) -> dict[str, serializers.Field]:
-        fields = super().get_fields()
-        fields["from"], fields["to"] = serializers.DateField(), serializers.DateField()
-        return fields
 
 
 class UsageView(APIView):

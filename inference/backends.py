@@ -16,7 +16,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "cross-encoder": ("inference.embeddings", "CrossEncoderReranker"),
     "faster-whisper": ("inference.speech", "FasterWhisperSpeech"),
     "transformers-whisper": ("inference.speech", "TransformersWhisperSpeech"),
-    "whisper-intent": ("inference.speech", "SpeechIntent"),
+    "whisper-intent": ("inference.intent", "SpeechIntent"),
     "ctranslate2-generator": ("inference.generation", "CTranslate2Generator"),
     "transformers-generator": ("inference.generation", "TransformersGenerator"),
 }

@@ -1,4 +1,5 @@
-"""Model format conversions (GGUF → transformers safetensors → CTranslate2), each done once and written atomically."""
+"""Model format conversions (GGUF → transformers safetensors → CTranslate2) and the assembly of weights
+shipped in parts, each done once and written atomically."""
 from __future__ import annotations
 
 import importlib.util
@@ -124,6 +125,63 @@ def packaged_smollm2_gguf() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing from the {SMOLLM2_PACKAGE} package.")
     return path
+
+
+def assemble_split_model(parts: list[Path], files_dir: Path, out_dir: Path) -> Path:
+    """Join `parts` (in the order given) into `out_dir/model.bin`, next to copies of the other files
+    of `files_dir` (tokenizer.json, vocabulary.txt, config.json…); returns `out_dir`.
+
+    Idempotent: a directory already complete (same sizes) is left alone. Atomic: every file is
+    written under a temporary name and renamed, model.bin last, so a reader never sees half a model
+    and two processes assembling at once both end with the same complete directory.
+    """
+    parts = [Path(part) for part in parts]
+    files_dir, out_dir = Path(files_dir), Path(out_dir)
+    missing = [str(part) for part in parts if not part.is_file()]
+    if not parts or missing:
+        raise ModelLoadError(f"Cannot assemble a model: parts missing ({', '.join(missing) or 'none given'}).")
+    part_names = {part.name for part in parts}
+    others = sorted(
+        p for p in files_dir.iterdir()
+        if p.is_file() and p.name not in part_names and not p.name.startswith("model.bin") and p.name != "__init__.py"
+    )
+    expected_size = sum(part.stat().st_size for part in parts)
+    target = out_dir / "model.bin"
+
+    def complete() -> bool:
+        return (
+            target.is_file()
+            and target.stat().st_size == expected_size
+            and all(
+                (out_dir / p.name).is_file() and (out_dir / p.name).stat().st_size == p.stat().st_size for p in others
+            )
+        )
+
+    if complete():
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for source in others:
+        _write_atomically(out_dir / source.name, [source])
+    _write_atomically(target, parts)
+    if not complete():
+        raise ModelLoadError(f"Assembling {target} failed: the result does not have the expected size.")
+    return out_dir
+
+
+def _write_atomically(target: Path, sources: list[Path]) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for source in sources:
+                with source.open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, length=16 * 2**20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the server may run as another user
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _build_atomically(out_dir: Path, build: Callable[[Path], None], is_complete: Callable[[Path], bool]) -> Path:

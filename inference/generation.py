@@ -6,12 +6,12 @@ import math
 import queue
 import threading
 from abc import abstractmethod
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any, ClassVar
 
 from inference.base import Backend, refuse_pickled_weights
 from inference.errors import InferenceError, InvalidInput, ModelLoadError
-from inference.payloads import ChatMessage, Generation, GenerationInput, Task
+from inference.payloads import ChatMessage, Generation, GenerationInput, GenerationStream, Task
 from inference.runtime import configure_torch, cpu_threads
 
 logger = logging.getLogger("modelgate.inference")
@@ -25,33 +25,6 @@ _COMMON_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "repetition_penalty": (int, float),  # > 1 discourages repeats (default 1.0: off)
     "top_k": int,  # candidates kept when sampling, i.e. temperature > 0 (default 50)
 }
-
-
-class GenerationStream(Iterator[str]):
-    """Text pieces in the order the model writes them; their concatenation is the answer's text.
-
-    Once iteration ends, `result` holds the full `Generation` (text, token counts, finish reason),
-    exactly as `infer` would have returned it. `close()` stops the model early (the client left);
-    `result` then stays None.
-    """
-
-    def __init__(self, pieces: Generator[str, None, Generation]):
-        self._pieces = pieces
-        self.result: Generation | None = None
-
-    def __iter__(self) -> GenerationStream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._pieces)
-        except StopIteration as end:
-            if self.result is None:
-                self.result = end.value
-            raise StopIteration from None
-
-    def close(self) -> None:
-        self._pieces.close()
 
 
 class _Detokenizer:

@@ -1,6 +1,8 @@
-"""The inputs and outputs of each task: plain dataclasses, one item per caller in a batch."""
+"""The inputs and outputs of each task: plain dataclasses, one item per caller in a batch, and the stream
+of text pieces a generation produces when streamed (by a local model or a provider)."""
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,3 +155,30 @@ class Generation:
     tokens_in: int
     tokens_out: int
     finish_reason: str  # "stop" or "length"
+
+
+class GenerationStream(Iterator[str]):
+    """Text pieces in the order the model writes them; their concatenation is the answer's text.
+
+    Once iteration ends, `result` holds the full `Generation` (text, token counts, finish reason),
+    exactly as `infer` would have returned it. `close()` stops the model early (the client left);
+    `result` then stays None.
+    """
+
+    def __init__(self, pieces: Generator[str, None, Generation]):
+        self._pieces = pieces
+        self.result: Generation | None = None
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as end:
+            if self.result is None:
+                self.result = end.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._pieces.close()

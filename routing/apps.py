@@ -9,12 +9,12 @@ class RoutingConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
+        from core.recent import configuration
         from registry.models import ModelSpec
-        from routing import config_cache
         from routing.models import ProviderCredential, RoutingPolicy
         from routing.tasks import ensure_schedules
 
         post_migrate.connect(ensure_schedules, sender=self)
         for model in (RoutingPolicy, ModelSpec, ProviderCredential):
-            post_save.connect(config_cache.clear, sender=model, dispatch_uid=f"routing-cache-save-{model.__name__}")
-            post_delete.connect(config_cache.clear, sender=model, dispatch_uid=f"routing-cache-delete-{model.__name__}")
+            post_save.connect(configuration.forget, sender=model, dispatch_uid=f"routing-cache-save-{model.__name__}")
+            post_delete.connect(configuration.forget, sender=model, dispatch_uid=f"routing-cache-delete-{model.__name__}")

@@ -11,6 +11,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from core.crypto import PROVIDER_CREDENTIALS
 from registry.models import TASK_CHOICES, ModelSpec
 from tenants.models import ApiKey, Tenant
 
@@ -163,11 +164,7 @@ class ProviderCredential(models.Model):
         return f"{self.kind} ({self.tenant.slug if self.tenant else 'operator'})"
 
     def set_api_key(self, api_key: str) -> None:
-        from routing.crypto import encrypt
-
-        self.encrypted_api_key = encrypt(api_key)
+        self.encrypted_api_key = PROVIDER_CREDENTIALS.encrypt(api_key)
 
     def api_key(self) -> str:
-        from routing.crypto import decrypt
-
-        return decrypt(self.encrypted_api_key)
+        return PROVIDER_CREDENTIALS.decrypt(self.encrypted_api_key)

@@ -10,7 +10,8 @@ from django.db.models import Q
 from inference.errors import InvalidInput
 from inference.payloads import ClassificationInput, GenerationInput, TranslationInput
 from registry.models import ModelSpec
-from routing import config_cache
+from core.recent import configuration
+from routing.attempts import Outcome
 from routing.models import ProviderCredential
 from routing.providers import ProviderConfig, ProviderError, ProviderUnsupported, provider_for
 from tenants.models import Tenant
@@ -24,7 +25,7 @@ class MissingCredential(ProviderError):
 
 def provider_config(spec: ModelSpec, tenant: Tenant | None) -> ProviderConfig:
     """The tenant's own key (bring your own) wins, then the operator's stored key, then the environment."""
-    return config_cache.remember(
+    return configuration.remember(
         ("provider", spec.pk, spec.updated_at, tenant.pk if tenant else None), lambda: _provider_config(spec, tenant)
     )
 
@@ -49,8 +50,6 @@ def _provider_config(spec: ModelSpec, tenant: Tenant | None) -> ProviderConfig:
 
 
 def run_premium(*, spec: ModelSpec, task: str, items: list[Any], tenant: Tenant | None = None) -> Any:
-    from routing.router import Outcome
-
     provider = provider_for(provider_config(spec, tenant))
     model = spec.source
     started = time.perf_counter()

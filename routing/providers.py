@@ -1,4 +1,5 @@
-"""Premium providers (OpenAI, Anthropic, any OpenAI-compatible server) behind one interface, each guarded by a circuit breaker."""
+"""Premium providers (OpenAI, Anthropic, any OpenAI-compatible server) behind one interface, each guarded by a
+circuit breaker (routing.breaker)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,6 @@ import logging
 import math
 import re
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator
@@ -21,9 +21,11 @@ import numpy as np
 import openai
 
 from inference.errors import InferenceError, InvalidInput
-from inference.generation import GenerationStream
 from inference.languages import language_name, to_iso
-from inference.payloads import ChatMessage, Classification, Embedding, Generation, GenerationInput, LabelScore, Translation
+from routing.breaker import Call, CircuitBreaker, breaker_for
+from inference.payloads import (
+    ChatMessage, Classification, Embedding, Generation, GenerationInput, GenerationStream, LabelScore, Translation,
+)
 
 logger = logging.getLogger("modelgate.routing")
 
@@ -151,157 +153,8 @@ class ProviderBadOutput(ProviderError):
     code = "provider_bad_output"
 
 
-class CircuitOpen(ProviderError):
-    """Refused without calling: the provider failed too often lately. `retry_after` is in seconds."""
-
-    code = "circuit_open"
-
-    def __init__(self, message: str, *, provider: str, retry_after: float):
-        super().__init__(message, provider=provider)
-        self.retry_after = retry_after
-
-
 class ProviderUnsupported(ProviderError):
     code = "provider_unsupported"
-
-
-# --- circuit breaker ---------------------------------------------------------------------------
-class CircuitBreaker:
-    """Closed → open after `threshold` consecutive failed calls → after `cooldown` seconds, half-open:
-    one probe call goes through (the others are refused) → its success closes, its failure re-opens.
-
-    A call is one provider call after the SDK's own retries. Only retryable failures count: a 400 is
-    the caller's fault, and any answer at all shows the provider is up. A probe whose outcome never
-    comes back (a stream dropped unread) frees its slot after another cooldown, so the circuit cannot
-    stay stuck half-open. Thread-safe.
-    """
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-    def __init__(self, *, name: str, threshold: int = 5, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic):
-        self.name = name
-        self.clock = clock
-        self._lock = threading.Lock()
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._state = self.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probe_since: float | None = None
-
-    @property
-    def state(self) -> str:
-        """One of CLOSED, OPEN, HALF_OPEN; HALF_OPEN as soon as the cooldown is over (the next call is the probe)."""
-        with self._lock:
-            if self._state == self.OPEN and self.clock() >= self._opened_at + self.cooldown:
-                return self.HALF_OPEN
-            return self._state
-
-    @property
-    def failures(self) -> int:
-        """Consecutive failed calls so far (while closed)."""
-        with self._lock:
-            return self._failures
-
-    def configure(self, *, threshold: int, cooldown: float) -> None:
-        with self._lock:
-            self.threshold = threshold
-            self.cooldown = cooldown
-
-    def admit(self) -> bool:
-        """Let a call through, or raise CircuitOpen. Returns True when this call is the half-open probe;
-        report its outcome with `probe=True`."""
-        with self._lock:
-            now = self.clock()
-            if self._state == self.CLOSED:
-                return False
-            if self._state == self.OPEN:
-                wait = self._opened_at + self.cooldown - now
-                if wait > 0:
-                    raise CircuitOpen(
-                        f"{self.name}: circuit open after {self.threshold} consecutive failures; "
-                        f"the next attempt is allowed in {wait:.1f} s.",
-                        provider=self.name,
-                        retry_after=wait,
-                    )
-                self._state = self.HALF_OPEN
-            elif self._probe_since is not None and now - self._probe_since < self.cooldown:
-                wait = self._probe_since + self.cooldown - now
-                raise CircuitOpen(
-                    f"{self.name}: circuit half-open and a probe call is in flight; retry in {wait:.1f} s at the latest.",
-                    provider=self.name,
-                    retry_after=wait,
-                )
-            self._probe_since = now
-            return True
-
-    def record_success(self, *, probe: bool = False) -> None:
-        with self._lock:
-            if probe and self._state == self.HALF_OPEN:
-                logger.info("circuit closed", extra={"provider": self.name})
-                self._state, self._failures, self._probe_since = self.CLOSED, 0, None
-            elif self._state == self.CLOSED:
-                self._failures = 0
-
-    def record_failure(self, *, probe: bool = False) -> None:
-        with self._lock:
-            now = self.clock()
-            if probe and self._state == self.HALF_OPEN:
-                self._state, self._opened_at, self._probe_since = self.OPEN, now, None
-                logger.warning("circuit re-opened: the probe call failed", extra={"provider": self.name})
-            elif self._state == self.CLOSED:
-                self._failures += 1
-                if self._failures >= self.threshold:
-                    self._state, self._opened_at = self.OPEN, now
-                    logger.warning("circuit opened", extra={"provider": self.name, "failures": self._failures})
-            # A call admitted before the circuit opened and failing afterwards changes nothing.
-
-    def reset(self) -> None:
-        """Close the circuit and forget past failures (tests, or an operator who knows the provider is back)."""
-        with self._lock:
-            self._state, self._failures, self._probe_since = self.CLOSED, 0, None
-
-
-_breakers: dict[str, CircuitBreaker] = {}
-_breakers_lock = threading.Lock()
-
-
-def breaker_for(name: str, *, threshold: int = 5, cooldown: float = 30.0) -> CircuitBreaker:
-    """The process-wide breaker for provider `name`; the latest threshold and cooldown apply."""
-    with _breakers_lock:
-        breaker = _breakers.get(name)
-        if breaker is None:
-            breaker = _breakers[name] = CircuitBreaker(name=name, threshold=threshold, cooldown=cooldown)
-            return breaker
-    breaker.configure(threshold=threshold, cooldown=cooldown)
-    return breaker
-
-
-class _Outcome:
-    """Reports one call's outcome to the breaker, once."""
-
-    __slots__ = ("breaker", "probe", "reported")
-
-    def __init__(self, breaker: CircuitBreaker):
-        self.breaker = breaker
-        self.probe = breaker.admit()
-        self.reported = False
-
-    def succeeded(self) -> None:
-        if not self.reported:
-            self.reported = True
-            self.breaker.record_success(probe=self.probe)
-
-    def failed(self, error: ProviderError) -> None:
-        if self.reported:
-            return
-        self.reported = True
-        if error.retryable:
-            self.breaker.record_failure(probe=self.probe)
-        else:
-            self.breaker.record_success(probe=self.probe)  # the provider answered: it is up
 
 
 # --- streaming ---------------------------------------------------------------------------------
@@ -374,7 +227,7 @@ class Provider(ABC):
         _check_generation_input(request)
         params = self._params(request)
         seconds = self._timeout(timeout)
-        outcome = _Outcome(self.breaker)
+        outcome = Call(self.breaker)
         try:
             opened = self._open_stream(model=model, params=params, timeout=seconds)
         except Exception as exc:
@@ -500,7 +353,7 @@ class Provider(ABC):
         return float(seconds)
 
     def _call(self, run: Callable[[], T]) -> T:
-        outcome = _Outcome(self.breaker)
+        outcome = Call(self.breaker)
         try:
             value = run()
         except Exception as exc:
@@ -508,13 +361,13 @@ class Provider(ABC):
         outcome.succeeded()
         return value
 
-    def _failed(self, exc: Exception, outcome: _Outcome) -> Exception:
+    def _failed(self, exc: Exception, outcome: Call) -> Exception:
         error = _provider_error(exc, provider=self.name, secret=self.config.api_key)
         if isinstance(error, ProviderError):
-            outcome.failed(error)
+            outcome.failed(retryable=error.retryable)
         return error
 
-    def _stream_pieces(self, opened: Any, request: GenerationInput, outcome: _Outcome) -> Generator[str, None, Generation]:
+    def _stream_pieces(self, opened: Any, request: GenerationInput, outcome: Call) -> Generator[str, None, Generation]:
         pieces = self._read_stream(opened, request)
         try:
             result = yield from pieces

@@ -13,20 +13,20 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db.models import Q
-from django.utils import timezone
 from rest_framework import status
 
-from config.db import insert_row, update_rows
-from config.errors import ApiError
+from core.errors import ApiError
 from inference.errors import InferenceError, InvalidInput
 from inference.payloads import GenerationInput
-from billing import services as billing
-from billing.models import Budget
+from billing.prices import Summary, actual_cost, token_estimate
 from billing.ratelimits import take_tokens
-from billing.services import BudgetExceeded, Hold, Refusal, budget_of
+from billing.services import Refusal, budget_of
 from registry.models import ModelSpec
 from registry.services import ensure_prepared, get_pool
-from routing import config_cache, quality
+from core.recent import configuration
+from routing import quality
+from routing.attempts import Outcome, admit, complete, hold_and_admit, refuse, release, settle, tokens_used
+from routing.premium import run_premium
 from routing.models import InferenceRecord, RoutingPolicy
 from tenants.models import ApiKey
 
@@ -61,16 +61,6 @@ class InputRejected(ApiError):
 
 
 @dataclass
-class Summary:
-    """What the record keeps of the input: digest and preview (full text only on opt-in), and units."""
-
-    text: str
-    unit: str
-    units_in: float
-    max_output_tokens: int | None = None  # what the request allows the model to write: its cost ceiling
-
-
-@dataclass
 class Routed:
     values: list[Any]
     record: InferenceRecord
@@ -80,16 +70,6 @@ class Routed:
     @property
     def cached(self) -> bool:
         return self.record.cached
-
-
-@dataclass
-class Outcome:
-    values: list[Any]
-    queue_ms: float | None
-    compute_ms: float
-    units_out: float
-    tokens_in: float | None = None  # premium usage, as the provider reported it
-    tokens_out: float | None = None
 
 
 def route(
@@ -178,7 +158,8 @@ def _attempt(*, key: ApiKey, task: str, items: list[Any], summary: Summary, requ
             if tokens_in is not None and outcome.tokens_in is None:
                 # Local models that count their input (embeddings) report tokens like an API would.
                 outcome.tokens_in = tokens_in(outcome.values)
-            cost = actual_cost(spec, summary, outcome)
+            cost = actual_cost(spec, summary, compute_ms=outcome.compute_ms, tokens_in=outcome.tokens_in,
+                               tokens_out=outcome.tokens_out)
         except BaseException as exc:
             # As for the call itself: the hold never outlives the request.
             release(held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
@@ -228,14 +209,14 @@ def policy_for(*, tenant: Any, task: str) -> RoutingPolicy:
         policies = {p.tenant_id: p for p in RoutingPolicy.objects.filter(Q(tenant=tenant) | Q(tenant__isnull=True), task=task)}
         return policies.get(tenant.pk) or policies.get(None) or RoutingPolicy(task=task)
 
-    return config_cache.remember(("policy", tenant.pk, task), load)
+    return configuration.remember(("policy", tenant.pk, task), load)
 
 
 def _candidates(
     *, key: ApiKey, task: str, model: str, policy: RoutingPolicy, accept: Callable[[ModelSpec], bool] | None
 ) -> tuple[list[ModelSpec], str]:
     if model and model != "auto":
-        spec = config_cache.remember(("spec", model), lambda: ModelSpec.objects.filter(slug=model, enabled=True).first())
+        spec = configuration.remember(("spec", model), lambda: ModelSpec.objects.filter(slug=model, enabled=True).first())
         if spec is None or spec.task != task:
             raise UnknownModel(f"No enabled {task} model named {model!r}; GET /v1/models lists them.")
         if not key.may_use(spec.slug, is_local=spec.is_local):
@@ -248,11 +229,11 @@ def _candidates(
             found = {s.slug: s for s in ModelSpec.objects.filter(slug__in=policy.candidates, enabled=True, task=task)}
             return [found[slug] for slug in policy.candidates if slug in found]
 
-        ordered = config_cache.remember(("candidates", task, tuple(policy.candidates)), load)
+        ordered = configuration.remember(("candidates", task, tuple(policy.candidates)), load)
         origin = "tenant policy" if policy.tenant_id else "global policy"
     else:
         # No policy yet: every enabled model of the task, local first.
-        ordered = config_cache.remember(
+        ordered = configuration.remember(
             ("candidates", task, None),
             lambda: sorted(ModelSpec.objects.filter(enabled=True, task=task), key=lambda s: (not s.is_local, s.slug)),
         )
@@ -268,11 +249,9 @@ def _candidates(
 # --- execution ----------------------------------------------------------------------------------
 def execute(*, spec: ModelSpec, task: str, items: list[Any], tenant: Any = None) -> Outcome:
     if spec.is_local:
-        config = config_cache.remember(("model-config", spec.pk, spec.updated_at), lambda: _prepared_config(spec))
+        config = configuration.remember(("model-config", spec.pk, spec.updated_at), lambda: _prepared_config(spec))
         values, timing = get_pool().infer_timed(config, items, timeout=settings.MODELGATE_REQUEST_TIMEOUT)
         return Outcome(values=values, queue_ms=timing.queue_ms, compute_ms=timing.compute_ms, units_out=0.0)
-    from routing.premium import run_premium
-
     return run_premium(spec=spec, task=task, items=items, tenant=tenant)
 
 
@@ -302,213 +281,6 @@ def _check_output_language(items: list[Any], values: list[Any], verdict: quality
         if guess and guess[0].probability > 0.5 and guess[0].language != target:
             return quality.Verdict(confidence=verdict.confidence, problem=f"output is in {guess[0].language}, not {target}")
     return verdict
-
-
-# --- records ------------------------------------------------------------------------------------
-def new_record(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_id: str, reason: str,
-               complexity: Any, previous: InferenceRecord | None, reserved: Decimal = Decimal("0")) -> InferenceRecord:
-    """The attempt's pending record, not saved yet."""
-    text = summary.text
-    return InferenceRecord(
-        request_id=request_id,
-        tenant_id=key.tenant_id,
-        api_key=key,
-        task=task,
-        model=spec,
-        model_slug=spec.slug,
-        tier=spec.tier,
-        input_digest=hashlib.sha256(text.encode()).hexdigest(),
-        input_preview=text[:PREVIEW_CHARS],
-        input_text=text if key.tenant.store_full_text else "",
-        unit=summary.unit,
-        units_in=summary.units_in,
-        reserved_cost=reserved,
-        complexity=complexity.score if complexity else None,
-        routing_reason=reason,
-        escalated_from=previous,
-    )
-
-
-def admit(**fields: Any) -> InferenceRecord:
-    record = new_record(**fields)
-    insert_row(record)
-    return record
-
-
-def completion(record: InferenceRecord, *, status: str, values: list[Any], outcome: Outcome | None, cost: Decimal,
-               confidence: float | None = None, cached: bool = False, reason_suffix: str = "") -> dict[str, Any]:
-    """Complete `record` in memory; returns the columns to write (the row was written whole at admission)."""
-    now = timezone.now()
-    record.status = status
-    record.completed_at = now
-    record.output_preview = _preview(values)
-    record.items = len(values)
-    record.cost = cost
-    record.cached = cached
-    record.confidence = confidence
-    record.latency_ms = (now - record.created_at).total_seconds() * 1000
-    changed = ["status", "completed_at", "output_preview", "items", "cost", "cached", "confidence", "latency_ms", "compute_ms"]
-    if reason_suffix:
-        record.routing_reason += reason_suffix
-        changed.append("routing_reason")
-    if outcome is not None:
-        record.queue_ms = outcome.queue_ms
-        record.compute_ms = outcome.compute_ms
-        record.units_out = outcome.units_out
-        changed += ["queue_ms", "units_out"]
-        if outcome.tokens_in is not None:
-            record.units_in = outcome.tokens_in
-            record.unit = "tokens"
-            changed += ["units_in", "unit"]
-    else:
-        record.compute_ms = 0.0
-    return {name: getattr(record, name) for name in changed}
-
-
-def complete(record: InferenceRecord, **fields: Any) -> None:
-    update_rows(InferenceRecord.objects.filter(pk=record.pk), completion(record, **fields))
-
-
-def failure(record: InferenceRecord, *, status: str, code: str, message: str) -> dict[str, Any]:
-    """Close `record` as failed in memory; returns the columns to write."""
-    now = timezone.now()
-    record.status, record.completed_at = status, now
-    record.error_code, record.error_message = code[:64], message[:2000]
-    record.latency_ms = (now - record.created_at).total_seconds() * 1000
-    return {"status": status, "completed_at": now, "error_code": record.error_code,
-            "error_message": record.error_message, "latency_ms": record.latency_ms}
-
-
-def fail(record: InferenceRecord, **fields: Any) -> None:
-    update_rows(InferenceRecord.objects.filter(pk=record.pk), failure(record, **fields))
-
-
-def _preview(values: list[Any]) -> str:
-    first = values[0] if values else None
-    text = getattr(first, "text", None)
-    if text is None:
-        if hasattr(first, "intent"):
-            text = f"{first.intent} ({first.confidence:.2f}): {first.transcription.text}"
-        elif hasattr(first, "predicted"):
-            text = ", ".join(first.predicted)
-        elif isinstance(first, list) and first and hasattr(first[0], "language"):
-            text = ", ".join(f"{g.language} {g.probability:.2f}" for g in first)
-        elif hasattr(first, "vector"):
-            text = f"{len(values)} vectors of {len(first.vector)} dimensions"
-        elif hasattr(first, "scores"):
-            text = f"{len(first.scores)} scores"
-        else:
-            text = ""
-    return text[:PREVIEW_CHARS]
-
-
-# --- money ---------------------------------------------------------------------------------------
-# With a budget, every step that moves money writes the record in the same SQL statement: one round
-# trip and one commit, as without a budget, and never money moved without the record that says why
-# (a pending record always means a hold outstanding, which is what the reaper relies on).
-def hold_and_admit(*, budget: Budget | None, key: ApiKey, task: str, spec: ModelSpec, summary: Summary,
-                   request_id: str, reason: str, complexity: Any,
-                   previous: InferenceRecord | None) -> tuple[Hold | Refusal, InferenceRecord]:
-    """Reserve the attempt's maximum cost and write its pending record. On a Refusal the record is
-    written too, for refuse() to close. Past the limit, a `local_only` budget still serves local
-    models, uncharged."""
-    estimate = estimate_cost(spec, summary)
-    record = new_record(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
-                        complexity=complexity, previous=previous, reserved=estimate)
-    if budget is None:
-        insert_row(record)
-        return Hold(budget=None, amount=estimate), record
-    result = billing.reserve(budget, estimate, key_id=key.pk, model_slug=spec.slug, insert=record)
-    if isinstance(result, Refusal) and spec.is_local and not result.model_only and budget.at_limit == budget.AtLimit.LOCAL_ONLY:
-        record.reserved_cost = Decimal("0")
-        record.routing_reason += "; budget used up: served locally without charge"
-        InferenceRecord.objects.filter(pk=record.pk).update(reserved_cost=record.reserved_cost,
-                                                            routing_reason=record.routing_reason)
-        return Hold(budget=None, amount=Decimal("0")), record
-    return result, record
-
-
-def refuse(refusal: Refusal, record: InferenceRecord, *, budget: Budget, spec: ModelSpec, rest: list[ModelSpec],
-           attempts: list[InferenceRecord]) -> tuple[str, InferenceRecord]:
-    """Close an attempt the money refused; return (reason, record) for trying the next candidate, or
-    raise 402 when none may answer."""
-    attempts.append(record)
-    record.reserved_cost = Decimal("0")
-    InferenceRecord.objects.filter(pk=record.pk).update(
-        reserved_cost=record.reserved_cost,
-        **failure(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=refusal.message),
-    )
-    if refusal.by_budget:
-        from billing.alerts import budget_exhausted
-
-        budget_exhausted(budget)
-    if refusal.model_only and rest:
-        return f"{spec.slug} skipped: its spending limit is used up", record
-    if budget.at_limit == budget.AtLimit.LOCAL_ONLY and any(c.is_local for c in rest):
-        return f"{spec.slug} skipped: budget used up, local models only", record
-    raise BudgetExceeded(refusal.message)
-
-
-def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **fields: Any) -> None:
-    """Charge the actual cost and complete the record, together."""
-    billing.settle(held, cost, record_id=record.pk,
-                   update=(InferenceRecord.objects.filter(pk=record.pk), completion(record, cost=cost, **fields)))
-
-
-def release(held: Hold, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
-    """Free the hold and close the record, together."""
-    billing.release(held, record_id=record.pk, update=(InferenceRecord.objects.filter(pk=record.pk),
-                                                       failure(record, status=status, code=code, message=message)))
-
-
-TOKEN_TASKS = {"generation", "embeddings"}
-
-
-def token_estimate(task: str, summary: Summary) -> int:
-    """The most tokens a request can use, for tokens-per-minute limits (chat and embeddings; tasks
-    priced by characters or audio are held by requests per minute and the budget)."""
-    if task not in TOKEN_TASKS:
-        return 0
-    tokens_in = max(summary.units_in if summary.unit == "tokens" else 0, len(summary.text) / 2)
-    tokens_out = (summary.max_output_tokens or settings.MODELGATE_MAX_OUTPUT_TOKENS) if task == "generation" else 0
-    return int(tokens_in) + 1 + tokens_out
-
-
-def tokens_used(record: InferenceRecord) -> float:
-    """What an attempt actually consumed, for truing up the tokens-per-minute count."""
-    done = record.status in (InferenceRecord.Status.OK, InferenceRecord.Status.ESCALATED)
-    if not done or record.task not in TOKEN_TASKS or record.unit != "tokens" or record.cached:
-        return 0.0
-    return record.units_in + (record.units_out if record.task == "generation" else 0.0)
-
-
-def actual_cost(spec: ModelSpec, summary: Summary, outcome: Outcome) -> Decimal:
-    """Actual cost from the units the model used: compute time for local models, usage for APIs."""
-    if spec.is_local:
-        return spec.price_per_compute_second * Decimal(str(round(outcome.compute_ms / 1000, 6)))
-    cost = Decimal("0")
-    if outcome.tokens_in is not None:
-        cost += spec.price_input_per_1k_tokens * Decimal(str(outcome.tokens_in)) / 1000
-        cost += spec.price_output_per_1k_tokens * Decimal(str(outcome.tokens_out or 0)) / 1000
-    if summary.unit == "characters":
-        cost += spec.price_per_1k_characters * Decimal(str(summary.units_in)) / 1000
-    if summary.unit == "seconds":
-        cost += spec.price_per_audio_minute * Decimal(str(summary.units_in)) / 60
-    return cost
-
-
-def estimate_cost(spec: ModelSpec, summary: Summary) -> Decimal:
-    """The most this attempt can cost, reserved at admission (the billing seam settles it)."""
-    if spec.is_local:
-        return spec.price_per_compute_second * Decimal(str(settings.MODELGATE_REQUEST_TIMEOUT))
-    # A token is ~4 characters of English; counting one per 2 characters keeps the hold an upper bound.
-    tokens_in = Decimal(str(max(summary.units_in if summary.unit == "tokens" else 0, len(summary.text) / 2)))
-    return (
-        spec.price_input_per_1k_tokens * tokens_in / 1000
-        + spec.price_output_per_1k_tokens * Decimal(str(summary.max_output_tokens or settings.MODELGATE_MAX_OUTPUT_TOKENS)) / 1000
-        + spec.price_per_1k_characters * Decimal(str(summary.units_in if summary.unit == "characters" else 0)) / 1000
-        + spec.price_per_audio_minute * Decimal(str(summary.units_in if summary.unit == "seconds" else 0)) / 60
-    )
 
 
 def _cache_key(key: ApiKey, task: str, spec: ModelSpec, items: list[Any]) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from config.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge
 from inference.errors import InvalidInput
 from inference.languages import to_nllb
 

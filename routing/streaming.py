@@ -13,12 +13,11 @@ from inference.errors import InferenceError, InvalidInput
 from inference.payloads import Generation, GenerationInput
 from registry.services import ensure_prepared, get_pool
 from routing.models import InferenceRecord
+from billing.prices import Summary, actual_cost, token_estimate
 from billing.ratelimits import TokenCharge, take_tokens
 from billing.services import Hold, Refusal, budget_of
-from routing.router import (
-    InputRejected, Outcome, Summary, UpstreamFailed, actual_cost, hold_and_admit, plan, refuse, release, settle, token_estimate,
-    tokens_used,
-)
+from routing.attempts import Outcome, hold_and_admit, refuse, release, settle, tokens_used
+from routing.router import InputRejected, UpstreamFailed, plan
 from tenants.models import ApiKey
 
 logger = logging.getLogger("modelgate.routing")
@@ -103,7 +102,8 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
         outcome = Outcome(values=[result], queue_ms=None, compute_ms=(time.perf_counter() - started) * 1000,
                           units_out=float(result.tokens_out), tokens_in=None if spec.is_local else float(result.tokens_in),
                           tokens_out=None if spec.is_local else float(result.tokens_out))
-        cost = actual_cost(spec, summary, outcome)
+        cost = actual_cost(spec, summary, compute_ms=outcome.compute_ms, tokens_in=outcome.tokens_in,
+                           tokens_out=outcome.tokens_out)
         settle(held, record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
         finished = True
         yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from config.schedules import register_schedules
+from core.schedules import register_schedules
 from routing.models import InferenceRecord
 
 logger = logging.getLogger("modelgate.routing")

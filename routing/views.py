@@ -12,12 +12,13 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, serializers
+from rest_framework import generics
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import NotFound
+from core.api import parse
+from core.errors import NotFound
 from inference.audio import SAMPLE_RATE, decode_audio
 from inference.errors import InvalidInput
 from inference.payloads import (
@@ -32,7 +33,8 @@ from inference.payloads import (
 from registry.models import ModelSpec
 from routing import serializers as s
 from routing.models import InferenceRecord
-from routing.router import InputRejected, Routed, Summary, route
+from billing.prices import Summary
+from routing.router import InputRejected, Routed, route
 from routing.streaming import stream_chat
 from tenants.models import Scope
 
@@ -64,16 +66,6 @@ def with_headers(response: HttpResponse, routed: Routed) -> HttpResponse:
     return response
 
 
-def parse(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
-def characters(texts: list[str]) -> Summary:
-    return Summary(text="\n".join(texts), unit="characters", units_in=float(sum(len(t) for t in texts)))
-
-
 class TranslateView(APIView):
     required_scope = Scope.TRANSLATE
 
@@ -85,12 +77,12 @@ class TranslateView(APIView):
         if data.get("source") is None:
             detected = route(
                 key=request.auth, task="language_id", items=[LanguageIdInput(text=t) for t in texts],
-                summary=characters(texts), request_id=request.request_id,
+                summary=Summary.characters(texts), request_id=request.request_id,
             )
             sources = [guesses[0].language for guesses in detected.values]
         items = [TranslationInput(text=t, target=data["target"], source=src) for t, src in zip(texts, sources)]
         routed = route(
-            key=request.auth, task="translation", items=items, summary=characters(texts),
+            key=request.auth, task="translation", items=items, summary=Summary.characters(texts),
             request_id=request.request_id, model=data["model"], units_out=lambda v: float(sum(len(x.text) for x in v)),
         )
         results = [
@@ -109,7 +101,7 @@ class DetectLanguageView(APIView):
         data = parse(s.DetectLanguageSerializer, request)
         routed = route(
             key=request.auth, task="language_id", items=[LanguageIdInput(text=t, top_k=data["top_k"]) for t in data["texts"]],
-            summary=characters(data["texts"]), request_id=request.request_id, model=data["model"],
+            summary=Summary.characters(data["texts"]), request_id=request.request_id, model=data["model"],
             units_out=lambda v: float(len(v)),
         )
         results = [
@@ -132,7 +124,7 @@ class ClassifyView(APIView):
         )
         routed = route(
             key=request.auth, task="classification", items=[ClassificationInput(text=t, labels=labels) for t in data["texts"]],
-            summary=characters(data["texts"]), request_id=request.request_id, model=data["model"],
+            summary=Summary.characters(data["texts"]), request_id=request.request_id, model=data["model"],
             units_out=lambda v: float(len(v)), accept=zero_shot,
         )
         results = [
@@ -152,7 +144,7 @@ class RerankView(APIView):
         documents = data["documents"]
         routed = route(
             key=request.auth, task="rerank", items=[RerankInput(query=data["query"], documents=tuple(documents))],
-            summary=characters([data["query"], *documents]), request_id=request.request_id, model=data["model"],
+            summary=Summary.characters([data["query"], *documents]), request_id=request.request_id, model=data["model"],
             units_out=lambda v: float(len(documents)),
         )
         scores = routed.values[0].scores
@@ -171,7 +163,7 @@ class EmbeddingsView(APIView):
         data = parse(s.EmbeddingsSerializer, request)
         texts = data["input"]
         routed = route(
-            key=request.auth, task="embeddings", items=texts, summary=characters(texts),
+            key=request.auth, task="embeddings", items=texts, summary=Summary.characters(texts),
             request_id=request.request_id, model=data["model"], units_out=lambda v: float(len(v)),
             tokens_in=lambda v: float(sum(e.tokens for e in v)),
         )

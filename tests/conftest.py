@@ -61,11 +61,11 @@ def bob(tenant_b: Tenant) -> Caller:
 @pytest.fixture(autouse=True)
 def fresh_routing_cache():
     """Rolled-back test data never fires the signals that clear the routing cache: start each test empty."""
-    from routing import config_cache
+    from core.recent import configuration
 
-    config_cache.clear()
+    configuration.forget()
     yield
-    config_cache.clear()
+    configuration.forget()
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from config.errors import error_response
-from config.logs import current_request_id
+from core.errors import error_response
+from core.logs import current_request_id
 
 REQUEST_ID_HEADER = "x-request-id"
 # Accept a caller's id only when it is safe to echo into headers and logs.

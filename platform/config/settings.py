@@ -55,7 +55,6 @@ INSTALLED_APPS = [
     "tenants",
     "registry",
     "embeddings",
-    "inference",
     "routing",
     "billing",
 ]
@@ -213,7 +212,7 @@ MODELGATE_COLLECTION_MAX_TEXT_CHARACTERS = env_int("MODELGATE_COLLECTION_MAX_TEX
 MODELGATE_COLLECTION_MAX_METADATA_BYTES = env_int("MODELGATE_COLLECTION_MAX_METADATA_BYTES", 8192, min_value=64)
 # Wider vectors are stored and searched exactly; pgvector indexes at most 2,000 dimensions.
 MODELGATE_COLLECTION_MAX_DIMENSION = env_int("MODELGATE_COLLECTION_MAX_DIMENSION", 2000, min_value=1, max_value=16_000)
-# Search records are written by a per-process background writer after the response (config.telemetry).
+# Search records are written by a per-process background writer after the response (core.telemetry).
 MODELGATE_TELEMETRY_BACKGROUND = env_bool("MODELGATE_TELEMETRY_BACKGROUND", True)
 # How long a process trusts a collection it found for a search (each search still checks it exists).
 MODELGATE_COLLECTION_CACHE_SECONDS = env_int("MODELGATE_COLLECTION_CACHE_SECONDS", 2, min_value=0, max_value=60)
@@ -253,7 +252,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "config.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -275,7 +274,7 @@ LOG_LEVEL = env_str(
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "config.logs.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "core.logs.RequestIdFilter"}},
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",

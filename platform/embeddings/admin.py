@@ -16,8 +16,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from config.errors import ApiError
-from embeddings import indexes, ingestion, services
+from core.errors import ApiError
+from embeddings import indexes, ingestion, search, services
 from embeddings.filters import InvalidFilter, compile_filter
 from embeddings.models import TEXT_SEARCH_CONFIG, Collection, Document, IngestionJob, SearchRecord
 
@@ -81,7 +81,7 @@ class CollectionAdmin(ReadOnly):
         outcome, error = None, None
         if form.is_valid():
             try:
-                outcome = services.operator_search(
+                outcome = search.operator_search(
                     collection=collection, query=form.search_query(), operator=request.user.get_username()
                 )
             except ApiError as exc:
@@ -127,9 +127,9 @@ class OperatorSearchForm(forms.Form):
         except InvalidFilter as exc:
             raise forms.ValidationError(str(exc.detail)) from None
 
-    def search_query(self) -> services.SearchQuery:
+    def search_query(self) -> search.SearchQuery:
         data = self.cleaned_data
-        return services.SearchQuery(k=data["k"], text=data["query"], filter=data["filter"], hybrid=data["hybrid"], exact=data["exact"])
+        return search.SearchQuery(k=data["k"], text=data["query"], filter=data["filter"], hybrid=data["hybrid"], exact=data["exact"])
 
 
 @admin.register(Document)

@@ -20,8 +20,8 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from config.errors import ApiError
-from config.logs import current_request_id
+from core.errors import ApiError
+from core.logs import current_request_id
 from embeddings.models import Collection, IngestionJob
 from embeddings.services import DocumentInput, UpsertResult, upsert_documents
 from routing.router import InputRejected

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from config.schedules import register_schedules
+from core.schedules import register_schedules
 from embeddings import indexes, ingestion
 
 logger = logging.getLogger("modelgate.embeddings")

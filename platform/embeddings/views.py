@@ -10,8 +10,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import NotFound
-from embeddings import ingestion, services
+from core.errors import NotFound
+from embeddings import ingestion, search, services
 from embeddings import serializers as s
 from embeddings.filters import NO_FILTER
 from embeddings.indexes import index_states
@@ -119,12 +119,12 @@ class SearchView(CollectionScoped):
     def post(self, request: Request, ref: str) -> Response:
         collection = services.collection_of(tenant=request.auth.tenant, ref=ref, recent=True)
         data = parse(s.SearchSerializer, request, collection)
-        query = services.SearchQuery(
+        query = search.SearchQuery(
             k=data["k"], text=data.get("query"), vector=data.get("vector"), filter=data.get("filter", NO_FILTER),
             ef_search=data.get("ef_search"), hybrid=data["hybrid"], rerank=data["rerank"],
             rerank_model=data["rerank_model"], candidates=data.get("candidates"), exact=data["exact"],
         )
-        outcome = services.search_collection(key=request.auth, collection=collection, query=query, request_id=request.request_id)
+        outcome = search.search_collection(key=request.auth, collection=collection, query=query, request_id=request.request_id)
         results = [
             {"id": hit.id, "score": round(hit.score, 6), "distance": None if hit.distance is None else round(hit.distance, 6),
              "text": hit.text, "metadata": hit.metadata, "vector_rank": hit.vector_rank, "keyword_rank": hit.keyword_rank,

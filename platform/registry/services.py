@@ -46,7 +46,7 @@ def ensure_prepared(spec: ModelSpec) -> None:
     started = time.perf_counter()
     logger.info("preparing model weights", extra={"model": spec.slug, "recipe": spec.prepare})
     if spec.prepare == ModelSpec.Prepare.JOIN_PARTS:
-        from inference.speech import assemble_split_model
+        from inference.convert import assemble_split_model
 
         parts_packages = spec.source.split("+")
         first = package_dir(parts_packages[0].split("/")[0]) / parts_packages[0].partition("/")[2]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from config.schedules import register_schedules
+from core.schedules import register_schedules
 from registry import services
 from registry.models import ModelSpec
 

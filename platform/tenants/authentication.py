@@ -16,7 +16,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from config.recent import Recent
+from core.recent import Recent
 from tenants.models import KEY_PATTERN, ApiKey, Tenant
 
 # Compared against when the prefix is unknown, so a miss costs the same work as a wrong secret.

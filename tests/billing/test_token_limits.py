@@ -10,7 +10,7 @@ import time_machine
 
 from billing.models import RateCounter
 from billing.ratelimits import TokenRateLimited, take_tokens
-from routing.router import Summary, token_estimate
+from billing.prices import Summary, token_estimate
 from tests.billing.test_budgets import CHAT
 from tests.routing.conftest import post, records
 from tests.routing.test_premium_routing import premium

@@ -5,7 +5,7 @@ import pytest
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from config.db import insert_row_unflushed
+from core.db import insert_row_unflushed
 from embeddings.models import SearchRecord
 from tenants.services import create_tenant
 

@@ -7,8 +7,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from config import telemetry
-from config.telemetry import BackgroundWriter
+from core import telemetry
+from core.telemetry import BackgroundWriter
 from embeddings.models import SearchRecord
 from tenants.services import create_tenant
 

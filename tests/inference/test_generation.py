@@ -11,7 +11,8 @@ import pytest
 from inference.base import ModelConfig
 from inference.convert import transformers_to_ctranslate2
 from inference.errors import InferenceError, InvalidInput, ModelLoadError
-from inference.generation import CTranslate2Generator, GenerationStream, TransformersGenerator
+from inference.generation import CTranslate2Generator, TransformersGenerator
+from inference.payloads import GenerationStream
 from inference.payloads import ChatMessage, Generation, GenerationInput
 from inference.pool import ModelPool
 from tests.inference.tiny_generation import REPLIES, build_tiny_chat_model, drop_chat_template

@@ -15,13 +15,9 @@ from inference.base import ModelConfig
 from inference.errors import InvalidInput, ModelLoadError
 from inference.payloads import AudioInput, Intent, Segment, Transcription
 from inference.pool import ModelPool
-from inference.speech import (
-    FasterWhisperSpeech,
-    SpeechIntent,
-    TransformersWhisperSpeech,
-    assemble_split_model,
-    weighted_logprob,
-)
+from inference.convert import assemble_split_model
+from inference.intent import SpeechIntent
+from inference.speech import FasterWhisperSpeech, TransformersWhisperSpeech, weighted_logprob
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
 # Clip → words the transcript must contain, and the intent it expresses.

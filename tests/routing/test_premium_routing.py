@@ -9,7 +9,7 @@ import pytest
 
 from registry.models import ModelSpec
 from routing.models import ProviderCredential, RoutingPolicy
-from routing.providers import breaker_for
+from routing.breaker import breaker_for
 from tests.routing.conftest import post, records
 from tests.routing.test_chat_completions import FRANCE
 from tests.routing.test_router import SPORTS

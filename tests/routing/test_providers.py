@@ -13,10 +13,9 @@ import pytest
 
 from inference.errors import InvalidInput
 from inference.payloads import ChatMessage, GenerationInput
+from routing.breaker import CircuitBreaker, CircuitOpen
 from routing.providers import (
     AnthropicProvider,
-    CircuitBreaker,
-    CircuitOpen,
     OpenAIProvider,
     Provider,
     ProviderBadOutput,
@@ -26,7 +25,6 @@ from routing.providers import (
     ProviderTimeout,
     ProviderUnavailable,
     ProviderUnsupported,
-    breaker_for,
     provider_for,
 )
 from tests.routing.fake_providers import HANG_LIMIT, JOIN_LIMIT, FakeProviderServer, fake_vector
@@ -599,51 +597,3 @@ def test_timeouts_trip_the_breaker(fake_providers):
         with pytest.raises(ProviderTimeout):
             chosen.chat(model="m", request=HELLO, timeout=0.2)
     assert chosen.breaker.state == CircuitBreaker.OPEN
-
-
-# --- the circuit breaker alone -------------------------------------------------------------------
-def test_a_success_resets_the_count_of_consecutive_failures():
-    breaker = CircuitBreaker(name="unit", threshold=3, clock=Clock())
-    for _ in range(2):
-        breaker.admit()
-        breaker.record_failure()
-    breaker.admit()
-    breaker.record_success()
-    for _ in range(2):
-        breaker.admit()
-        breaker.record_failure()
-    assert breaker.state == CircuitBreaker.CLOSED and breaker.failures == 2
-
-
-def test_a_probe_that_never_reports_frees_its_slot_after_a_cooldown():
-    clock = Clock()
-    breaker = CircuitBreaker(name="unit", threshold=1, cooldown=10.0, clock=clock)
-    breaker.admit()
-    breaker.record_failure()
-    clock.now += 10.0
-    assert breaker.admit() is True  # the probe, which never reports back
-    clock.now += 5.0
-    with pytest.raises(CircuitOpen, match="in flight"):
-        breaker.admit()
-    clock.now += 5.0
-    assert breaker.admit() is True
-    breaker.record_success(probe=True)
-    assert breaker.state == CircuitBreaker.CLOSED and breaker.admit() is False
-
-
-def test_reset_closes_an_open_circuit():
-    breaker = CircuitBreaker(name="unit", threshold=1, clock=Clock())
-    breaker.admit()
-    breaker.record_failure()
-    assert breaker.state == CircuitBreaker.OPEN
-    breaker.reset()
-    assert breaker.state == CircuitBreaker.CLOSED and breaker.admit() is False
-
-
-def test_breakers_are_shared_per_provider_name():
-    name = f"test-registry-{next(_names)}"
-    first = breaker_for(name, threshold=5, cooldown=30.0)
-    second = breaker_for(name, threshold=3, cooldown=10.0)
-    assert first is second
-    assert (second.threshold, second.cooldown) == (3, 10.0)
-    assert breaker_for(f"{name}-other") is not first

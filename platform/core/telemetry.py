@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
-from config.db import insert_row_unflushed
+from core.db import insert_row_unflushed
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from config.logs import current_request_id
+from core.logs import current_request_id
 
 logger = logging.getLogger("modelgate.errors")
 
