@@ -122,7 +122,6 @@ def run() -> Table:
             f"Target: reservation + settlement at most {TARGET_SLOWDOWN:.0%} slower than off — "
             f"{'met' if met else 'NOT met'} ({slowdown['budget']:.1%}).",
         ],
-        command="make bench BENCH=billing",
     )
 
 

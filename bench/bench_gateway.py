@@ -219,7 +219,6 @@ def run() -> Table:
             f"load average was {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after (other work slows every "
             "target, (a) at c=1 most: each of its requests waits for the CPU several times).",
         ],
-        command="make bench BENCH=gateway",
     )
 
 

@@ -107,5 +107,4 @@ def run() -> Table:
             "float32 ones within a few dozen tokens (word choices of a 135M model are close calls); the openings "
             "column shows how often they still start alike.",
         ],
-        command="make bench BENCH=generation",
     )

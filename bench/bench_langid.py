@@ -45,5 +45,4 @@ def run() -> Table:
         columns=["path", "texts/s (median of 7)", "vs direct"],
         rows=rows,
         notes=["Target: the backend within 20% of fastText called directly (ratio ≥ 0.8)."],
-        command="make bench BENCH=langid",
     )

@@ -66,5 +66,4 @@ def run() -> Table:
         rows=rows,
         notes=["A fresh child process loads every enabled local model of the starter pack into one pool (a model loads its dependencies with it, which then show 0); "
                "the first torch-based model also pays for importing torch."],
-        command="make bench BENCH=memory",
     )

@@ -132,13 +132,13 @@ def _plan(vector: list[float], extra: dict) -> str:
     """The scans PostgreSQL chose for the vector half of the bench collection's searches."""
     import numpy as np
 
-    from embeddings import services
+    from embeddings import search
     from embeddings.filters import compile_filter
     from embeddings.models import Collection
 
     collection = Collection.objects.get(tenant__slug="bench-main", name="docs")
-    query = services.SearchQuery(k=K, filter=compile_filter(extra.get("filter")))
-    plan = services.explain(collection=collection, vector=np.asarray(vector, dtype=np.float32), query=query)
+    query = search.SearchQuery(k=K, filter=compile_filter(extra.get("filter")))
+    plan = search.explain(collection=collection, vector=np.asarray(vector, dtype=np.float32), query=query)
     return " → ".join(line.strip().split("  (")[0].removeprefix("->  ") for line in plan if "Scan" in line)
 
 
@@ -217,7 +217,7 @@ def run() -> Table:
                      f"{_recall(found, truth[label]):.3f}", _percentile(ms, 0.5), _percentile(ms, 0.99), ""])
 
     plans = {label: _plan(query_vectors[0], extra) for label, extra in (("unfiltered", {}), ("filtered", {"filter": FILTER}))}
-    from config import telemetry
+    from core import telemetry
     from embeddings.models import SearchRecord
 
     telemetry.writer.flush()
@@ -250,11 +250,10 @@ def run() -> Table:
             "Recall@10 compares with exact search (`exact: true`, no index) of the same collection and filter. The HNSW "
             "index is m = 16, ef_construction = 64; filtered searches use pgvector's iterative scan (relaxed order).",
             f"Ingestion: upserts of {UPSERT_BATCH} documents from {CLIENTS} concurrent clients, embedded by the gateway's model "
-            "pool (batches of up to 256 texts, sorted by length and cut into forward passes at the least padded cost) and written with their "
+            f"pool (batches of up to {spec.max_batch_size} texts, sorted by length and cut into forward passes at the least padded cost) and written with their "
             f"HNSW and full-text index entries; interleaved with the raw encoder in blocks of {BLOCK}, each block's "
             "encode() call sorting its texts by length as sentence-transformers does. Size set by "
             "MODELGATE_BENCH_STORE_DOCUMENTS.",
             "PostgreSQL's plans (default ef_search): " + "; ".join(f"{label}: {plan}" for label, plan in plans.items()) + ".",
         ],
-        command="MODELGATE_BENCH_DB_SUFFIX=store .venv/bin/python bench/run.py store",
     )

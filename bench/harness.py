@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# MODELGATE_BENCH_DB_SUFFIX lets two benchmark runs share one PostgreSQL server side by side.
-BENCH_DATABASE = "bench_modelgate" + (f"_{os.environ['MODELGATE_BENCH_DB_SUFFIX']}" if os.environ.get("MODELGATE_BENCH_DB_SUFFIX") else "")
+
+
+def bench_database_name(names: list[str]) -> str:
+    """The throwaway database of a run. A run of one benchmark gets its own (`bench_modelgate_store`), so that
+    `make bench BENCH=store` and another benchmark can run side by side on one PostgreSQL server; a run of
+    several shares `bench_modelgate`. MODELGATE_BENCH_DB_SUFFIX, when set, names the suffix instead."""
+    suffix = os.environ.get("MODELGATE_BENCH_DB_SUFFIX") or (names[0] if len(names) == 1 else "")
+    return "bench_modelgate" + (f"_{suffix}" if suffix else "")
 
 
 @dataclass
@@ -21,12 +27,12 @@ class Table:
     columns: list[str]
     rows: list[list[object]]
     notes: list[str] = field(default_factory=list)
-    command: str = "make bench"
+    command: str = ""  # the command that reproduces the table: bench/run.py names it (`make bench BENCH=<name>`)
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in self.rows]
-        lines += [""] + [f"- {note}" for note in self.notes] + [f"- Reproduce: `{self.command}`", ""]
+        lines += [""] + [f"- {note}" for note in self.notes] + ([f"- Reproduce: `{self.command}`"] if self.command else []) + [""]
         return "\n".join(lines)
 
 
@@ -47,19 +53,19 @@ def setup_django() -> None:
 
 
 @contextlib.contextmanager
-def bench_database() -> Iterator[None]:
-    """A fresh, migrated database of its own, so that benchmarks never touch real data."""
+def bench_database(name: str) -> Iterator[None]:
+    """A fresh, migrated database of its own (`name`), so that benchmarks never touch real data."""
     from django.conf import settings
     from django.db import connection
     from django.test.utils import setup_test_environment, teardown_test_environment
 
-    settings.DATABASES["default"]["TEST"]["NAME"] = BENCH_DATABASE
+    settings.DATABASES["default"]["TEST"]["NAME"] = name
     setup_test_environment()
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     try:
         yield
     finally:
-        from config import telemetry
+        from core import telemetry
 
         telemetry.writer.stop()  # its connection would keep the database from being dropped
         connection.creation.destroy_test_db(old_name, verbosity=0)

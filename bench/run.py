@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import ROOT, bench_database, setup_django  # noqa: E402
+from harness import ROOT, bench_database, bench_database_name, setup_django  # noqa: E402
 
 
 def machine() -> str:
@@ -38,13 +38,15 @@ def main() -> int:
 
     setup_django()
     output = ROOT / "BENCHMARKS.md"
-    sections = read_sections(output)
-    with bench_database():
+    with bench_database(bench_database_name(names)):
         for name in names:
             print(f"== {name}", flush=True)
             table = importlib.import_module(f"bench_{name}").run()
+            table.command = f"make bench BENCH={name}"  # what reproduces this section, whatever ran it
             print(table.markdown(), flush=True)
             stamp = f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {machine()}."
+            # Read afresh: a run side by side (another database) may have written its section meanwhile.
+            sections = read_sections(output)
             sections[name] = f"{stamp}\n\n{table.markdown()}"
             write_sections(output, sections)  # after each one: a later failure keeps earlier results
     print(f"Wrote {output.relative_to(ROOT)}")
