@@ -67,6 +67,29 @@ class Budget(models.Model):
         return max(Decimal("0"), self.limit - self.spent - self.reserved)
 
 
+class EvaluationAllowance(models.Model):
+    """What a tenant's shadow evaluation may spend per calendar month: the premium calls that measure
+    local answers never touch the tenant's budget, and never spend past this (same conditional
+    UPDATE as the budget). Created with MODELGATE_EVALUATION_ALLOWANCE on first use."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="evaluation_allowance")
+    limit = models.DecimalField(max_digits=20, decimal_places=12, validators=[MinValueValidator(Decimal("0"))])
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    spent = models.DecimalField(**MONEY)
+    reserved = models.DecimalField(**MONEY)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(spent__lte=models.F("limit")), name="evaluation_spent_within_limit"),
+            models.CheckConstraint(condition=models.Q(reserved__gte=0), name="evaluation_reserved_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}: evaluation {self.spent:.4f} + {self.reserved:.4f} of {self.limit:.4f}"
+
+
 def period_bounds(period: str, custom_days: int | None, moment: datetime) -> tuple[datetime, datetime]:
     """The window containing `moment` (UTC): a calendar month, a day, or `custom_days` from the day."""
     day = moment.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -171,14 +171,16 @@ class _GenerationBackend(Backend):
         text = "\n".join(f"{m.role}: {m.content}" for m in item.messages) + "\nassistant:"
         return self.tokenizer(text)["input_ids"]
 
-    def _complete(self, prompt_tokens: int, ids: list[int], item: GenerationInput) -> Generation:
+    def _complete(self, prompt_tokens: int, ids: list[int], item: GenerationInput, mean_logprob: float | None = None) -> Generation:
         """The Generation for generated `ids`; tokens_out counts every token produced, the end token included."""
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = _first_stop(text, item.stop)
         if cut is not None:
-            return Generation(text=text[:cut], tokens_in=prompt_tokens, tokens_out=len(ids), finish_reason="stop")
+            return Generation(text=text[:cut], tokens_in=prompt_tokens, tokens_out=len(ids), finish_reason="stop",
+                              mean_logprob=mean_logprob)
         ended = bool(ids) and ids[-1] in self.eos_ids
-        return Generation(text=text, tokens_in=prompt_tokens, tokens_out=len(ids), finish_reason="stop" if ended else "length")
+        return Generation(text=text, tokens_in=prompt_tokens, tokens_out=len(ids), finish_reason="stop" if ended else "length",
+                          mean_logprob=mean_logprob)
 
     def _stream_pieces(self, item: GenerationInput) -> Generator[str, None, Generation]:
         self.require_loaded()
@@ -264,11 +266,14 @@ class CTranslate2Generator(_GenerationBackend):
             max_length=max_tokens,
             include_prompt_in_result=False,
             return_end_token=True,
+            # The score of a generated sequence is its mean log-probability per token: the answer's confidence.
+            return_scores=True,
             callback=on_token if any(detokenizers) else None,
             **self._settings(temperature),
         )
         return [
-            self._complete(len(prompt), list(result.sequences_ids[0]), item)
+            self._complete(len(prompt), list(result.sequences_ids[0]), item,
+                           mean_logprob=float(result.scores[0]) if result.scores else None)
             for prompt, item, result in zip(prompts, items, results)
         ]
 

@@ -34,7 +34,7 @@ class Translation:
     text: str
     source: str | None
     target: str
-    score: float  # mean log-probability per generated token (<= 0); exp(score) is a confidence
+    score: float | None  # mean log-probability per generated token (<= 0); exp(score) is a confidence; None: none given (premium)
     truncated: bool = False  # decoding stopped at the length limit before the sentence ended
 
 
@@ -122,7 +122,7 @@ class Transcription:
     language: str | None
     language_probability: float | None
     duration: float
-    avg_logprob: float  # duration-weighted over segments; Whisper's own confidence signal
+    avg_logprob: float | None  # duration-weighted over segments; Whisper's own confidence signal; None: none given (premium)
     segments: list[Segment] = field(default_factory=list)
 
 
@@ -155,6 +155,7 @@ class Generation:
     tokens_in: int
     tokens_out: int
     finish_reason: str  # "stop" or "length"
+    mean_logprob: float | None = None  # per generated token, where the backend reports it (CTranslate2)
 
 
 class GenerationStream(Iterator[str]):

@@ -15,7 +15,7 @@ from billing.prices import TOKEN_TASKS, Summary, estimate_cost
 from billing.services import BudgetExceeded, Hold, Refusal
 from core.db import insert_row, update_rows
 from registry.models import ModelSpec
-from routing.models import InferenceRecord
+from routing.models import InferenceRecord, RoutingPolicy
 from tenants.models import ApiKey
 
 PREVIEW_CHARS = 200
@@ -34,8 +34,10 @@ class Outcome:
 
 
 def new_record(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, request_id: str, reason: str,
-               complexity: Any, previous: InferenceRecord | None, reserved: Decimal = Decimal("0")) -> InferenceRecord:
-    """The attempt's pending record, not saved yet."""
+               complexity: Any, previous: InferenceRecord | None, reserved: Decimal = Decimal("0"),
+               policy: RoutingPolicy | None = None, cause: str = "") -> InferenceRecord:
+    """The attempt's pending record, not saved yet, with what the decision is made with: the policy,
+    the floor (local models) and complexity threshold (chat) in force, and why this attempt exists."""
     text = summary.text
     return InferenceRecord(
         request_id=request_id,
@@ -54,6 +56,10 @@ def new_record(*, key: ApiKey, task: str, spec: ModelSpec, summary: Summary, req
         complexity=complexity.score if complexity else None,
         routing_reason=reason,
         escalated_from=previous,
+        escalation_cause=cause,
+        policy_id=policy.pk if policy is not None else None,
+        floor=policy.confidence_floor if policy is not None and spec.is_local else None,
+        threshold=policy.complexity_threshold if policy is not None and task == "generation" else None,
     )
 
 
@@ -64,7 +70,8 @@ def admit(**fields: Any) -> InferenceRecord:
 
 
 def completion(record: InferenceRecord, *, status: str, values: list[Any], outcome: Outcome | None, cost: Decimal,
-               confidence: float | None = None, cached: bool = False, reason_suffix: str = "") -> dict[str, Any]:
+               confidence: float | None = None, score: float | None = None, features: list[Any] | None = None,
+               items_escalated: int = 0, cached: bool = False, reason_suffix: str = "") -> dict[str, Any]:
     """Complete `record` in memory; returns the columns to write (the row was written whole at admission)."""
     now = timezone.now()
     record.status = status
@@ -76,6 +83,9 @@ def completion(record: InferenceRecord, *, status: str, values: list[Any], outco
     record.confidence = confidence
     record.latency_ms = (now - record.created_at).total_seconds() * 1000
     changed = ["status", "completed_at", "output_preview", "items", "cost", "cached", "confidence", "latency_ms", "compute_ms"]
+    if score is not None or features is not None or items_escalated:
+        record.score, record.features, record.items_escalated = score, features, items_escalated
+        changed += ["score", "features", "items_escalated"]
     if reason_suffix:
         record.routing_reason += reason_suffix
         changed.append("routing_reason")
@@ -135,14 +145,14 @@ def _preview(values: list[Any]) -> str:
 # trip and one commit, as without a budget, and never money moved without the record that says why
 # (a pending record always means a hold outstanding, which is what the reaper relies on).
 def hold_and_admit(*, budget: Budget | None, key: ApiKey, task: str, spec: ModelSpec, summary: Summary,
-                   request_id: str, reason: str, complexity: Any,
-                   previous: InferenceRecord | None) -> tuple[Hold | Refusal, InferenceRecord]:
+                   request_id: str, reason: str, complexity: Any, previous: InferenceRecord | None,
+                   policy: RoutingPolicy | None = None, cause: str = "") -> tuple[Hold | Refusal, InferenceRecord]:
     """Reserve the attempt's maximum cost and write its pending record. On a Refusal the record is
     written too, for refuse() to close. Past the limit, a `local_only` budget still serves local
     models, uncharged."""
     estimate = estimate_cost(spec, summary)
     record = new_record(key=key, task=task, spec=spec, summary=summary, request_id=request_id, reason=reason,
-                        complexity=complexity, previous=previous, reserved=estimate)
+                        complexity=complexity, previous=previous, reserved=estimate, policy=policy, cause=cause)
     if budget is None:
         insert_row(record)
         return Hold(budget=None, amount=estimate), record

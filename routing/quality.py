@@ -1,10 +1,13 @@
-"""The router's judgement: how hard a chat request looks, and whether a local answer may stand."""
+"""The router's judgement: how hard a chat request looks, whether each local answer may stand, and what
+the learned router reads of it."""
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from inference.payloads import Classification, Generation, GenerationInput, Intent, LanguageGuess, Transcription, Translation
 
@@ -56,14 +59,49 @@ class Verdict:
 
 
 def judge(task: str, inputs: list[Any], outputs: list[Any]) -> Verdict:
-    """The weakest item decides: one unreliable answer in a batch escalates the request."""
-    check = _CHECKS.get(task)
-    if check is None:
-        return Verdict(confidence=None)
-    verdicts = [check(given, produced) for given, produced in zip(inputs, outputs)]
+    """The weakest item's verdict, for a request answered whole (a stream)."""
+    verdicts = judge_each(task, inputs, outputs)
     problems = [v.problem for v in verdicts if v.problem]
     confidences = [v.confidence for v in verdicts if v.confidence is not None]
     return Verdict(confidence=min(confidences) if confidences else None, problem=problems[0] if problems else None)
+
+
+def judge_each(task: str, inputs: list[Any], outputs: list[Any]) -> list[Verdict]:
+    """One verdict per item: the router escalates the items that fail, not the whole request."""
+    check = _CHECKS.get(task)
+    if check is None:
+        return [Verdict(confidence=None) for _ in outputs]
+    return [check(given, produced) for given, produced in zip(inputs, outputs)]
+
+
+def features(task: str, given: Any, produced: Any) -> dict[str, Any] | None:
+    """What the learned router reads of one locally answered item (routing.learned); None for tasks
+    whose local answer has no confidence to route by (embeddings, rerank)."""
+    from routing.learned import request_features
+
+    if task == "language_id":
+        top = produced[0].probability if produced else 0.0
+        second = produced[1].probability if len(produced) > 1 else None
+        return request_features(top1=top, margin=None if second is None else top - second, text=given.text,
+                                label=produced[0].language if produced else None)
+    if task == "classification":
+        return request_features(top1=produced.confidence, margin=produced.margin if len(produced.scores) > 1 else None,
+                                text=given.text, label=produced.predicted[0] if produced.predicted else None)
+    if task == "translation":
+        return request_features(top1=None if produced.score is None else math.exp(produced.score), margin=None,
+                                text=given.text, label=f"{produced.source or '?'}>{produced.target}")
+    if task == "speech":
+        return request_features(top1=_speech(given, produced).confidence, margin=None, text=produced.text,
+                                label=produced.language)
+    if task == "intent":
+        scores = [label.score for label in produced.top_k]
+        return request_features(top1=produced.confidence, margin=scores[0] - scores[1] if len(scores) > 1 else None,
+                                text=produced.transcription.text, label=produced.intent)
+    if task == "generation":
+        return request_features(top1=_generation(given, produced).confidence, margin=None,
+                                text="\n".join(message.content for message in given.messages), label=None,
+                                complexity=complexity(given).score)
+    return None
 
 
 def _language_id(given: Any, produced: list[LanguageGuess]) -> Verdict:
@@ -86,12 +124,20 @@ def _translation(given: Any, produced: Translation) -> Verdict:
         return Verdict(confidence=0.0, problem=f"output/input length ratio {ratio:.2f} is implausible")
     if produced.truncated:
         return Verdict(confidence=0.0, problem="the translation was cut at the length limit")
-    return Verdict(confidence=math.exp(produced.score))
+    return Verdict(confidence=None if produced.score is None else math.exp(produced.score))
+
+
+SILENCE_RMS = 0.005  # about -46 dBFS: below this, 16 kHz float audio holds nothing to transcribe
 
 
 def _speech(given: Any, produced: Transcription) -> Verdict:
-    # exp(mean log-probability per token): Whisper's own confidence. Silence is not a failure.
-    return Verdict(confidence=math.exp(produced.avg_logprob) if produced.text.strip() else 1.0)
+    if not produced.text.strip():
+        samples = getattr(given, "samples", None)
+        if samples is not None and samples.size and float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) >= SILENCE_RMS:
+            return Verdict(confidence=0.0, problem="empty transcript of audio that is not silence")
+        return Verdict(confidence=None)  # silence: nothing to say, and nothing to be unsure of
+    # exp(mean log-probability per token): Whisper's own confidence.
+    return Verdict(confidence=None if produced.avg_logprob is None else math.exp(produced.avg_logprob))
 
 
 def _intent(given: Any, produced: Intent) -> Verdict:
@@ -101,7 +147,8 @@ def _intent(given: Any, produced: Intent) -> Verdict:
 def _generation(given: Any, produced: Generation) -> Verdict:
     if not produced.text.strip():
         return Verdict(confidence=None, problem="empty answer")
-    return Verdict(confidence=None)
+    # exp(mean log-probability per generated token), where the backend reports it (CTranslate2).
+    return Verdict(confidence=None if produced.mean_logprob is None else math.exp(produced.mean_logprob))
 
 
 _CHECKS = {

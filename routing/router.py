@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -17,17 +18,18 @@ from rest_framework import status
 
 from core.errors import ApiError
 from inference.errors import InferenceError, InvalidInput
-from inference.payloads import GenerationInput
+from inference.payloads import GenerationInput, LanguageIdInput
 from billing.prices import Summary, actual_cost, token_estimate
 from billing.ratelimits import take_tokens
-from billing.services import Refusal, budget_of
+from billing.services import Hold, Refusal, budget_of
 from registry.models import ModelSpec
 from registry.services import ensure_prepared, get_pool
 from core.recent import configuration
 from routing import quality
 from routing.attempts import Outcome, admit, complete, hold_and_admit, refuse, release, settle, tokens_used
 from routing.premium import run_premium
-from routing.models import InferenceRecord, RoutingPolicy
+from routing.agreement import agreement
+from routing.models import InferenceRecord, LearnedRouter, QualitySignal, RoutingPolicy
 from tenants.models import ApiKey
 
 logger = logging.getLogger("modelgate.routing")
@@ -63,13 +65,19 @@ class InputRejected(ApiError):
 @dataclass
 class Routed:
     values: list[Any]
-    record: InferenceRecord
+    record: InferenceRecord  # the last attempt that answered
     spec: ModelSpec | None
     attempts: list[InferenceRecord] = field(default_factory=list)
+    item_models: list[str] = field(default_factory=list)  # per item, in the request's order: who answered it
 
     @property
     def cached(self) -> bool:
         return self.record.cached
+
+    @property
+    def cost(self) -> Decimal:
+        """What the request cost: every attempt's charge (a local attempt whose items escalated included)."""
+        return sum((attempt.cost for attempt in self.attempts), Decimal("0"))
 
 
 def route(
@@ -86,120 +94,262 @@ def route(
 ) -> Routed:
     """Answer `items` (one per input of the request) for `key`'s tenant; raise an ApiError when nobody can.
 
-    `accept` narrows the candidates to models able to take this request (e.g. zero-shot ones when the
-    request brings its own labels).
+    Items are routed one by one: those a candidate answers well enough stand, only the others go on to
+    the next candidate, in one call carrying just them. `accept` narrows the candidates to models able
+    to take this request (e.g. zero-shot ones when the request brings its own labels).
     """
-    policy, candidates, reason, complexity = plan(key=key, task=task, items=items, model=model, accept=accept)
-    cache_key = _cache_key(key, task, candidates[0], items) if policy.cache_enabled else None
+    plan_ = plan(key=key, task=task, items=items, model=model, accept=accept)
+    cache_key = _cache_key(key, task, plan_.candidates[0], items) if plan_.policy.cache_enabled else None
     if cache_key is not None:
         hit = cache.get(cache_key)
         if hit is not None:
-            record = admit(key=key, task=task, spec=candidates[0], summary=summary, request_id=request_id,
-                           reason="result cache hit", complexity=complexity, previous=None)
+            spec = plan_.candidates[0]
+            record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id,
+                           reason="result cache hit", complexity=plan_.complexity, previous=None, policy=plan_.policy)
             complete(record, status=InferenceRecord.Status.OK, values=hit, outcome=None, cost=Decimal("0"), cached=True)
-            return Routed(values=hit, record=record, spec=candidates[0], attempts=[record])
+            return Routed(values=hit, record=record, spec=spec, attempts=[record], item_models=[spec.slug] * len(hit))
 
-    attempts: list[InferenceRecord] = []
+    walk = Walk(key=key, task=task, summary=summary, request_id=request_id, model=model, plan=plan_)
     charge = take_tokens(key, token_estimate(task, summary))
     try:
-        return _attempt(key=key, task=task, items=items, summary=summary, request_id=request_id, model=model,
-                        units_out=units_out, tokens_in=tokens_in, policy=policy, candidates=candidates, reason=reason,
-                        complexity=complexity, cache_key=cache_key, attempts=attempts)
+        routed = _answer(walk, items=items, summary=summary, units_out=units_out, tokens_in=tokens_in)
     finally:
         if charge is not None:
-            charge.true_up(sum(tokens_used(record) for record in attempts))
+            charge.true_up(sum(tokens_used(record) for record in walk.attempts))
+    if cache_key is not None:
+        cache.set(cache_key, routed.values, timeout=plan_.policy.cache_ttl_seconds)
+    return routed
 
 
-def _attempt(*, key: ApiKey, task: str, items: list[Any], summary: Summary, request_id: str, model: str,
-             units_out: Callable[[list[Any]], float], tokens_in: Callable[[list[Any]], float] | None,
-             policy: RoutingPolicy, candidates: list[ModelSpec], reason: str, complexity: Any, cache_key: str | None,
-             attempts: list[InferenceRecord]) -> Routed:
-    previous: InferenceRecord | None = None
-    last_error: str = ""
-    budget = budget_of(key.tenant)
-    for position, spec in enumerate(candidates):
-        has_next = position + 1 < len(candidates)
-        held, record = hold_and_admit(budget=budget, key=key, task=task, spec=spec, summary=summary,
-                                      request_id=request_id, reason=reason, complexity=complexity, previous=previous)
-        if isinstance(held, Refusal):
-            # Reserve before the call: without room in the budget, the model is never called.
-            reason, previous = refuse(held, record, budget=budget, spec=spec, rest=candidates[position + 1:],
-                                      attempts=attempts)
-            continue
-        attempts.append(record)
-        try:
-            outcome = execute(spec=spec, task=task, items=items, tenant=key.tenant)
-        except InvalidInput as exc:
+class Walk:
+    """The candidate loop that plain and streamed requests share: for each candidate in turn, hold its
+    cost and write its pending record (or be refused by the money and move on), and after a failure
+    decide between the next candidate and an error for the client. Every attempt is kept in order."""
+
+    def __init__(self, *, key: ApiKey, task: str, summary: Summary, request_id: str, model: str, plan: Plan,
+                 reason_suffix: str = ""):
+        self.key, self.task, self.summary, self.request_id, self.model = key, task, summary, request_id, model
+        self.policy, self.candidates, self.complexity = plan.policy, plan.candidates, plan.complexity
+        self.reason = plan.reason + reason_suffix
+        self.cause = plan.cause
+        self.previous: InferenceRecord | None = None
+        self.attempts: list[InferenceRecord] = []
+        self.last_error = ""
+        self.budget = budget_of(key.tenant)
+
+    def __iter__(self) -> Iterator[tuple[ModelSpec, Hold, InferenceRecord, bool]]:
+        """(spec, hold, pending record, whether another candidate may still answer) for each candidate
+        whose cost could be held; the money is reserved before the call, so a refused model is never called."""
+        for position, spec in enumerate(self.candidates):
+            held, record = hold_and_admit(
+                budget=self.budget, key=self.key, task=self.task, spec=spec, summary=self.summary,
+                request_id=self.request_id, reason=self.reason, complexity=self.complexity, previous=self.previous,
+                policy=self.policy, cause=self.cause,
+            )
+            if isinstance(held, Refusal):
+                self.reason, self.previous = refuse(held, record, budget=self.budget, spec=spec,
+                                                    rest=self.candidates[position + 1:], attempts=self.attempts)
+                self.cause = InferenceRecord.EscalationCause.BUDGET
+                continue
+            self.attempts.append(record)
+            yield spec, held, record, position + 1 < len(self.candidates) and self.model == "auto"
+
+    def failed(self, exc: BaseException, *, spec: ModelSpec, held: Hold, record: InferenceRecord, may_pass_on: bool) -> None:
+        """Close a failed attempt; return to try the next candidate, or raise what the client should see."""
+        if isinstance(exc, InvalidInput):
             release(held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
-            if not (has_next and model == "auto"):
+            if not may_pass_on:
                 raise InputRejected(str(exc)) from None
             # One model's limits (a prompt too long for a small local model) need not be the request's.
-            reason, previous = f"fallback after {spec.slug} refused the input: {exc}", record
-            continue
-        except (InferenceError, ValidationError, OSError) as exc:
+            self.pass_on(record, f"fallback after {spec.slug} refused the input: {exc}", InferenceRecord.EscalationCause.VALIDATION)
+            return
+        if isinstance(exc, (InferenceError, ValidationError, OSError)):
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
             release(held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
-            last_error = f"{spec.slug}: {message}"
-            reason = f"fallback after {spec.slug} failed ({code})"
-            previous = record
+            self.last_error = f"{spec.slug}: {message}"
+            self.pass_on(record, f"fallback after {spec.slug} failed ({code})", InferenceRecord.EscalationCause.ERROR)
             logger.warning("candidate failed", extra={"model": spec.slug, "code": code})
-            continue
-        except BaseException as exc:
-            # The hold must never outlive the request, whatever happened.
-            release(held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
-            raise
+            return
+        # The hold must never outlive the request, whatever happened.
+        release(held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
+        raise exc
 
+    def pass_on(self, record: InferenceRecord, reason: str, cause: str) -> None:
+        self.reason, self.previous, self.cause = reason, record, cause
+
+    def exhausted(self) -> UpstreamFailed:
+        return UpstreamFailed(f"Every candidate model failed; last: {self.last_error}" if self.last_error
+                              else "Every candidate model failed.")
+
+
+def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callable[[list[Any]], float],
+            tokens_in: Callable[[list[Any]], float] | None) -> Routed:
+    task, policy = walk.task, walk.policy
+    answers: list[Any] = [None] * len(items)
+    item_models = [""] * len(items)
+    pending = list(range(len(items)))  # the items no candidate has answered yet, in the request's order
+    # Escalated items' local answers, by item: compared with the answer that replaced them (a quality signal).
+    escalated_local: dict[int, tuple[InferenceRecord, Any]] = {}
+    for spec, held, record, may_pass_on in walk:
+        batch = [items[i] for i in pending]
         try:
-            verdict = quality.judge(task, items, outcome.values)
-            if task == "translation" and verdict.problem is None and spec.is_local and has_next:
-                verdict = _check_output_language(items, outcome.values, verdict)
+            outcome = execute(spec=spec, task=task, items=batch, tenant=walk.key.tenant)
+        except BaseException as exc:
+            walk.failed(exc, spec=spec, held=held, record=record, may_pass_on=may_pass_on)
+            continue
+        try:
+            judged = _judge(spec=spec, policy=policy, task=task, items=batch, values=outcome.values, may_pass_on=may_pass_on)
             outcome.units_out = units_out(outcome.values)
             if tokens_in is not None and outcome.tokens_in is None:
                 # Local models that count their input (embeddings) report tokens like an API would.
                 outcome.tokens_in = tokens_in(outcome.values)
-            cost = actual_cost(spec, summary, compute_ms=outcome.compute_ms, tokens_in=outcome.tokens_in,
+            cost = actual_cost(spec, walk.summary, compute_ms=outcome.compute_ms, tokens_in=outcome.tokens_in,
                                tokens_out=outcome.tokens_out)
         except BaseException as exc:
             # As for the call itself: the hold never outlives the request.
             release(held, record=record, status=InferenceRecord.Status.ERROR, code="internal_error", message=repr(exc))
             raise
-        below_floor = verdict.confidence is not None and verdict.confidence < policy.confidence_floor
-        if (verdict.problem or below_floor) and has_next and model == "auto":
-            why = verdict.problem or f"confidence {verdict.confidence:.2f} < floor {policy.confidence_floor:.2f}"
-            settle(held, record, status=InferenceRecord.Status.ESCALATED, values=outcome.values, outcome=outcome,
-                   cost=cost, confidence=verdict.confidence, reason_suffix=f"; escalated: {why}")
-            reason = f"escalated from {spec.slug}: {why}"
-            previous = record
+        escalate = [j for j, item in enumerate(judged) if item.escalate]
+        kept = [j for j, item in enumerate(judged) if not item.escalate]
+        # The record keeps its weakest item's confidence and score: the one its routing turned on.
+        weakest = min(judged, key=lambda item: item.sort_key)
+        fields = dict(values=outcome.values, outcome=outcome, cost=cost, confidence=weakest.confidence,
+                      score=weakest.score, features=[item.features for item in judged] if spec.is_local else None,
+                      items_escalated=len(escalate))
+        if escalate:
+            weakest_escalated = min((judged[j] for j in escalate), key=lambda item: item.sort_key)
+            cause = (InferenceRecord.EscalationCause.VALIDATION if any(judged[j].problem for j in escalate)
+                     else InferenceRecord.EscalationCause.LOW_CONFIDENCE)
+            share = "" if not kept else f" ({len(escalate)} of {len(batch)} items)"
+            why = weakest_escalated.problem or (f"{weakest_escalated.scored_by} {weakest_escalated.score:.2f} "
+                                               f"< floor {policy.confidence_floor:.2f}")
+            status = InferenceRecord.Status.OK if kept else InferenceRecord.Status.ESCALATED
+            settle(held, record, status=status, reason_suffix=f"; escalated{share}: {why}", **fields)
+            for j in kept:
+                answers[pending[j]], item_models[pending[j]] = outcome.values[j], spec.slug
+            if spec.is_local:
+                escalated_local.update({pending[j]: (record, outcome.values[j]) for j in escalate})
+            walk.pass_on(record, f"escalated from {spec.slug}{share}: {why}", cause)
+            pending = [pending[j] for j in escalate]
+            # The next attempt is held and recorded for the escalated items only: its cost follows them.
+            walk.summary = _part(summary, items, pending)
             continue
-        settle(held, record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=cost,
-               confidence=verdict.confidence)
-        if cache_key is not None:
-            cache.set(cache_key, outcome.values, timeout=policy.cache_ttl_seconds)
-        return Routed(values=outcome.values, record=record, spec=spec, attempts=attempts)
-    raise UpstreamFailed(f"Every candidate model failed; last: {last_error}")
+        settle(held, record, status=InferenceRecord.Status.OK, **fields)
+        for j in kept:
+            answers[pending[j]], item_models[pending[j]] = outcome.values[j], spec.slug
+        if escalated_local and not spec.is_local:
+            record_escalation_pairs(task, teacher=record, pairs=[(*escalated_local[i], answers[i]) for i in pending
+                                                                 if i in escalated_local])
+        return Routed(values=answers, record=record, spec=spec, attempts=walk.attempts, item_models=item_models)
+    raise walk.exhausted()
+
+
+@dataclass
+class Judged:
+    """One item's verdict: its confidence, the score the floor applies to, and whether it escalates."""
+
+    confidence: float | None
+    score: float | None
+    problem: str | None
+    escalate: bool
+    features: dict[str, Any] | None
+    scored_by: str = "confidence"  # or "learned router"
+
+    @property
+    def sort_key(self) -> tuple[int, float]:
+        # The weakest first: a problem, then the lowest score; items without a score last.
+        return (0 if self.problem else 1, self.score if self.score is not None else math.inf)
+
+
+def _judge(*, spec: ModelSpec, policy: RoutingPolicy, task: str, items: list[Any], values: list[Any],
+           may_pass_on: bool) -> list[Judged]:
+    verdicts = quality.judge_each(task, items, values)
+    if task == "translation" and spec.is_local and may_pass_on:
+        verdicts = _check_output_language(items, values, verdicts)
+    judged = []
+    weights = learned_weights(policy) if spec.is_local else None
+    for item, value, verdict in zip(items, values, verdicts):
+        if not spec.is_local:
+            # A premium answer has no calibrated confidence: none is recorded rather than a made-up one.
+            judged.append(Judged(confidence=None, score=None, problem=verdict.problem, escalate=False, features=None))
+            continue
+        features = quality.features(task, item, value)
+        score, scored_by = verdict.confidence, "confidence"
+        if weights is not None and features is not None:
+            score, scored_by = weights.predict_one(features), "learned router"
+        below = score is not None and score < policy.confidence_floor
+        judged.append(Judged(confidence=verdict.confidence, score=score, problem=verdict.problem,
+                             escalate=may_pass_on and bool(verdict.problem or below), features=features, scored_by=scored_by))
+    return judged
+
+
+def record_escalation_pairs(task: str, *, teacher: InferenceRecord, pairs: list[tuple[InferenceRecord, Any, Any]]) -> None:
+    """Label each escalated local attempt with its agreement with the premium answer that replaced it.
+    These pairs only exist below the floor: the tuner never lets them speak for answers above it."""
+    by_record: dict[Any, tuple[InferenceRecord, list[float]]] = {}
+    for local, local_value, premium_value in pairs:
+        try:
+            value = agreement(task, local_value, premium_value)
+        except (ValueError, TypeError):
+            return  # chat needs the judge prompt (shadow evaluation); tasks without an agreement measure have no pairs
+        by_record.setdefault(local.pk, (local, []))[1].append(value)
+    QualitySignal.objects.bulk_create(
+        [QualitySignal(record=local, source=QualitySignal.Source.ESCALATION, agreement=sum(values) / len(values),
+                       teacher=teacher, detail=f"{len(values)} item(s) compared with {teacher.model_slug}")
+         for local, values in by_record.values()],
+        ignore_conflicts=True,
+    )
+
+
+def learned_weights(policy: RoutingPolicy) -> Any:
+    """The policy's learned router, decoded once per process (routing configuration cache)."""
+    if policy.learned_router_id is None:
+        return None
+    from routing.learned import RouterWeights
+
+    def load() -> Any:
+        router = LearnedRouter.objects.filter(pk=policy.learned_router_id, accepted=True).first()
+        return RouterWeights.from_json(router.weights) if router is not None else None
+
+    return configuration.remember(("learned-router", policy.learned_router_id), load)
+
+
+def _part(summary: Summary, items: list[Any], indices: list[int]) -> Summary:
+    """The summary of some items of a request: what the escalation of just those is held and charged for."""
+    if len(indices) == len(items) or summary.unit != "characters":
+        return summary  # single-item tasks (chat, audio, rerank) never split
+    return Summary.characters([item if isinstance(item, str) else item.text for item in (items[i] for i in indices)])
 
 
 # --- policies and candidates -------------------------------------------------------------------
-def plan(
-    *, key: ApiKey, task: str, items: list[Any], model: str, accept: Callable[[ModelSpec], bool] | None = None
-) -> tuple[RoutingPolicy, list[ModelSpec], str, quality.Complexity | None]:
+@dataclass
+class Plan:
     """The policy, the candidates in the order they will be tried, and why."""
+
+    policy: RoutingPolicy
+    candidates: list[ModelSpec]
+    reason: str
+    complexity: quality.Complexity | None = None
+    cause: str = ""  # why the first candidate is not the first of the chain (complexity)
+
+
+def plan(*, key: ApiKey, task: str, items: list[Any], model: str, accept: Callable[[ModelSpec], bool] | None = None) -> Plan:
     policy = policy_for(tenant=key.tenant, task=task)
     candidates, reason = _candidates(key=key, task=task, model=model, policy=policy, accept=accept)
-    complexity = None
+    complexity, cause = None, ""
     if task == "generation" and model == "auto" and isinstance(items[0], GenerationInput):
         complexity = quality.complexity(items[0])
         premium = [spec for spec in candidates if not spec.is_local]
-        if complexity.score > policy.complexity_threshold and premium:
-            candidates = premium
+        if complexity.score > policy.complexity_threshold and premium and len(premium) < len(candidates):
+            candidates, cause = premium, InferenceRecord.EscalationCause.COMPLEXITY
             reason = (
                 f"complexity {complexity.score:.2f} > threshold {policy.complexity_threshold:.2f} "
                 f"({', '.join(complexity.reasons)}): local models skipped"
             )
         else:
             reason += f"; complexity {complexity.score:.2f} vs threshold {policy.complexity_threshold:.2f}"
-    return policy, candidates, reason, complexity
+    return Plan(policy=policy, candidates=candidates, reason=reason, complexity=complexity, cause=cause)
 
 
 def policy_for(*, tenant: Any, task: str) -> RoutingPolicy:
@@ -260,27 +410,27 @@ def _prepared_config(spec: ModelSpec) -> Any:
     return spec.to_config()
 
 
-def _check_output_language(items: list[Any], values: list[Any], verdict: quality.Verdict) -> quality.Verdict:
+def _check_output_language(items: list[Any], values: list[Any], verdicts: list[quality.Verdict]) -> list[quality.Verdict]:
     """A translation in the wrong language is wrong however confident the model was."""
     lid = ModelSpec.objects.filter(task="language_id", enabled=True, source_kind__in=["package", "path", "hub"]).first()
     if lid is None:
-        return verdict
-    from inference.payloads import LanguageIdInput
-
-    texts = [LanguageIdInput(text=value.text) for value in values if len(value.text) >= 20]
-    if not texts:
-        return verdict
+        return verdicts
+    checked = [i for i, value in enumerate(values) if verdicts[i].problem is None and len(value.text) >= 20]
+    if not checked:
+        return verdicts
     try:
-        guesses = get_pool().infer_many(lid.to_config(), texts, timeout=10)
+        guesses = get_pool().infer_many(lid.to_config(), [LanguageIdInput(text=values[i].text) for i in checked], timeout=10)
     except (InferenceError, ValidationError, OSError) as exc:
         # The check is a safeguard; when it cannot run, the translation is judged without it.
         logger.warning("output language check skipped", extra={"model": lid.slug, "error": str(exc)})
-        return verdict
-    wanted = [value.target.split("-")[0] for value in values if len(value.text) >= 20]
-    for guess, target in zip(guesses, wanted):
+        return verdicts
+    verdicts = list(verdicts)
+    for i, guess in zip(checked, guesses):
+        target = values[i].target.split("-")[0]
         if guess and guess[0].probability > 0.5 and guess[0].language != target:
-            return quality.Verdict(confidence=verdict.confidence, problem=f"output is in {guess[0].language}, not {target}")
-    return verdict
+            verdicts[i] = quality.Verdict(confidence=verdicts[i].confidence,
+                                          problem=f"output is in {guess[0].language}, not {target}")
+    return verdicts
 
 
 def _cache_key(key: ApiKey, task: str, spec: ModelSpec, items: list[Any]) -> str:

@@ -7,17 +7,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from django.core.exceptions import ValidationError
 
-from inference.errors import InferenceError, InvalidInput
+from inference.errors import InferenceError
 from inference.payloads import Generation, GenerationInput
 from registry.services import ensure_prepared, get_pool
 from routing.models import InferenceRecord
 from billing.prices import Summary, actual_cost, token_estimate
 from billing.ratelimits import TokenCharge, take_tokens
-from billing.services import Hold, Refusal, budget_of
-from routing.attempts import Outcome, hold_and_admit, refuse, release, settle, tokens_used
-from routing.router import InputRejected, UpstreamFailed, plan
+from billing.services import Hold
+from routing.attempts import Outcome, release, settle, tokens_used
+from routing.router import Walk, plan
 from tenants.models import ApiKey
 
 logger = logging.getLogger("modelgate.routing")
@@ -37,50 +36,31 @@ def _open(spec: Any, item: GenerationInput, tenant: Any) -> Any:
 def stream_chat(
     *, key: ApiKey, item: GenerationInput, summary: Summary, request_id: str, model: str, include_usage: bool
 ) -> tuple[Iterator[bytes], dict[str, str]]:
-    """Choose and open a model before the response starts (so errors are still plain HTTP errors and
-    a failing candidate falls back), then stream. Once text has gone out there is no fallback."""
-    policy, candidates, reason, complexity = plan(key=key, task="generation", items=[item], model=model)
+    """Choose and open a model before the response starts, through the same candidate loop as a plain
+    request (routing.router.Walk), so errors are still plain HTTP errors and a candidate that fails or
+    refuses the input falls back alike. Once text has gone out there is no fallback."""
+    walk = Walk(key=key, task="generation", summary=summary, request_id=request_id, model=model,
+                plan=plan(key=key, task="generation", items=[item], model=model), reason_suffix="; streamed")
     charge = take_tokens(key, token_estimate("generation", summary))
     try:
-        return _start(key=key, item=item, summary=summary, request_id=request_id, include_usage=include_usage,
-                      candidates=candidates, reason=reason, complexity=complexity, charge=charge)
+        for spec, held, record, may_pass_on in walk:
+            try:
+                stream = _open(spec, item, key.tenant)
+            except BaseException as exc:
+                walk.failed(exc, spec=spec, held=held, record=record, may_pass_on=may_pass_on)
+                continue
+            headers = {
+                "x-modelgate-request-id": request_id, "x-modelgate-inference-id": str(record.id),
+                "x-modelgate-model": spec.slug, "x-modelgate-tier": spec.tier,
+            }
+            events = _events(stream, record=record, spec=spec, summary=summary, include_usage=include_usage,
+                             held=held, charge=charge)
+            return events, headers
+        raise walk.exhausted()
     except BaseException:
         if charge is not None:
             charge.true_up(0)  # nothing was streamed
         raise
-
-
-def _start(*, key: ApiKey, item: GenerationInput, summary: Summary, request_id: str, include_usage: bool,
-           candidates: list[Any], reason: str, complexity: Any, charge: TokenCharge | None) -> tuple[Iterator[bytes], dict[str, str]]:
-    previous: InferenceRecord | None = None
-    attempts: list[InferenceRecord] = []
-    budget = budget_of(key.tenant)
-    for position, spec in enumerate(candidates):
-        held, record = hold_and_admit(budget=budget, key=key, task="generation", spec=spec, summary=summary,
-                                      request_id=request_id, reason=reason + "; streamed", complexity=complexity,
-                                      previous=previous)
-        if isinstance(held, Refusal):
-            reason, previous = refuse(held, record, budget=budget, spec=spec, rest=candidates[position + 1:],
-                                      attempts=attempts)
-            continue
-        try:
-            stream = _open(spec, item, key.tenant)
-        except InvalidInput as exc:
-            release(held, record=record, status=InferenceRecord.Status.REJECTED, code=exc.code, message=str(exc))
-            raise InputRejected(str(exc)) from None
-        except (InferenceError, ValidationError, OSError) as exc:
-            release(held, record=record, status=InferenceRecord.Status.ERROR,
-                    code=getattr(exc, "code", "model_unavailable"), message=str(exc))
-            reason, previous = f"fallback after {spec.slug} failed", record
-            continue
-        headers = {
-            "x-modelgate-request-id": request_id, "x-modelgate-inference-id": str(record.id),
-            "x-modelgate-model": spec.slug, "x-modelgate-tier": spec.tier,
-        }
-        events = _events(stream, record=record, spec=spec, summary=summary, include_usage=include_usage,
-                         held=held, charge=charge)
-        return events, headers
-    raise UpstreamFailed("Every candidate model failed to start a stream.")
 
 
 def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary, include_usage: bool,

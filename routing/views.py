@@ -53,10 +53,14 @@ def meta(routed: Routed) -> dict[str, Any]:
         "model": record.model_slug,
         "tier": record.tier,
         "latency_ms": round(record.latency_ms or 0, 2),
-        "cost": f"{record.cost:f}",
+        "cost": f"{routed.cost:f}",
         "cached": record.cached,
         "escalated": len(routed.attempts) > 1,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def with_headers(response: HttpResponse, routed: Routed) -> HttpResponse:
@@ -86,9 +90,10 @@ class TranslateView(APIView):
             request_id=request.request_id, model=data["model"], units_out=lambda v: float(sum(len(x.text) for x in v)),
         )
         results = [
-            {"text": t.text, "source": t.source, "target": t.target, "confidence": round(float(np.exp(t.score)), 4),
-             "source_detected": detected is not None}
-            for t in routed.values
+            {"text": t.text, "source": t.source, "target": t.target,
+             "confidence": None if t.score is None else round(float(np.exp(t.score)), 4),
+             "source_detected": detected is not None, "model": answered_by}
+            for t, answered_by in zip(routed.values, routed.item_models)
         ]
         return Response({"results": results, **meta(routed)})
 
@@ -105,9 +110,10 @@ class DetectLanguageView(APIView):
             units_out=lambda v: float(len(v)),
         )
         results = [
-            {"language": guesses[0].language, "probability": round(guesses[0].probability, 4),
-             "candidates": [{"language": g.language, "probability": round(g.probability, 4)} for g in guesses]}
-            for guesses in routed.values
+            {"language": guesses[0].language, "probability": _rounded(guesses[0].probability),
+             "candidates": [{"language": g.language, "probability": _rounded(g.probability)} for g in guesses],
+             "model": answered_by}
+            for guesses, answered_by in zip(routed.values, routed.item_models)
         ]
         return Response({"results": results, **meta(routed)})
 
@@ -129,8 +135,8 @@ class ClassifyView(APIView):
         )
         results = [
             {"labels": [{"label": x.label, "score": round(x.score, 4)} for x in c.scores], "predicted": c.predicted,
-             "multi_label": c.multi_label}
-            for c in routed.values
+             "multi_label": c.multi_label, "model": answered_by}
+            for c, answered_by in zip(routed.values, routed.item_models)
         ]
         return Response({"results": results, **meta(routed)})
 

@@ -1,12 +1,14 @@
 """The router's judgement in isolation: complexity scores and quality verdicts."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from inference.payloads import (
-    ChatMessage, Classification, Generation, GenerationInput, LabelScore, LanguageGuess, Transcription, Translation, TranslationInput,
+    AudioInput, ChatMessage, Classification, Generation, GenerationInput, LabelScore, LanguageGuess, Transcription, Translation,
+    TranslationInput,
 )
-from routing.quality import complexity, judge
+from routing.quality import Verdict, complexity, judge
 
 
 def ask(*contents: str, max_tokens: int = 64) -> GenerationInput:
@@ -62,9 +64,28 @@ def test_a_truncated_translation_does_not_stand():
 
 def test_speech_confidence_is_the_per_token_probability_and_silence_stands():
     spoken = Transcription("add apples", "en", None, 2.0, avg_logprob=-0.5)
-    silent = Transcription("", "en", None, 2.0, avg_logprob=-3.0)
+    nothing = Transcription("", "en", None, 2.0, avg_logprob=-3.0)
     assert judge("speech", [None], [spoken]).confidence == pytest.approx(0.6065, abs=1e-3)
-    assert judge("speech", [None], [silent]).confidence == 1.0
+    # Silence has nothing to transcribe: the empty transcript stands, with no confidence to route by.
+    silence = AudioInput(samples=np.zeros(32_000, np.float32))
+    assert judge("speech", [silence], [nothing]) == Verdict(confidence=None)
+
+
+def test_an_empty_transcript_of_audio_that_is_not_silence_does_not_stand():
+    tone = AudioInput(samples=(0.2 * np.sin(np.arange(32_000) * 2 * np.pi * 440 / 16_000)).astype(np.float32))
+    verdict = judge("speech", [tone], [Transcription("", "en", None, 2.0, avg_logprob=-0.1)])
+    assert verdict.problem == "empty transcript of audio that is not silence" and verdict.confidence == 0.0
+
+
+def test_a_premium_answer_without_a_score_has_no_confidence():
+    assert judge("translation", [TranslationInput("Hello world", "fr")], [Translation("Bonjour le monde", "en", "fr", None)]).confidence is None
+    assert judge("speech", [None], [Transcription("add apples", "en", None, 2.0, avg_logprob=None)]).confidence is None
+
+
+def test_a_local_chat_answer_carries_its_mean_token_probability():
+    answer = Generation("Paris.", 12, 3, "stop", mean_logprob=-0.2)
+    assert judge("generation", [None], [answer]).confidence == pytest.approx(0.8187, abs=1e-3)
+    assert judge("generation", [None], [Generation("Paris.", 12, 3, "stop")]).confidence is None
 
 
 def test_an_empty_chat_answer_does_not_stand():
