@@ -35,10 +35,10 @@ from core.crypto import WEBHOOK_SECRETS
 logger = logging.getLogger("modelgate.billing")
 
 _INSERT = """
-INSERT INTO billing_alert (tenant_id, budget_id, period_start, threshold, spent, "limit", created_at,
+INSERT INTO billing_alert (kind, tenant_id, budget_id, period_start, threshold, spent, "limit", subject, message, created_at,
                            email_status, webhook_status, webhook_attempts, last_error)
-VALUES (%s, %s, %s, %s, %s, %s, now(), 'pending', 'pending', 0, '')
-ON CONFLICT (budget_id, period_start, threshold) DO NOTHING
+VALUES ('budget', %s, %s, %s, %s, %s, %s, '', '', now(), 'pending', 'pending', 0, '')
+ON CONFLICT (budget_id, period_start, threshold) WHERE kind = 'budget' DO NOTHING
 RETURNING id
 """
 
@@ -103,8 +103,26 @@ def _delivery_timeout() -> int:
 
 
 # --- delivery (background) ----------------------------------------------------------------------
+def raise_drift(*, tenant_id: int, subject: str, message: str, day: datetime) -> int | None:
+    """A routing policy of the tenant drifted: one alert per policy and day, delivered like a budget's."""
+    budget_id = Budget.objects.filter(tenant_id=tenant_id).values_list("pk", flat=True).first()
+    alert, created = Alert.objects.get_or_create(
+        kind=Alert.Kind.DRIFT, tenant_id=tenant_id, subject=subject[:200], period_start=day,
+        defaults={"budget_id": budget_id, "message": message},
+    )
+    if not created:
+        return None
+    logger.warning("routing drift", extra={"tenant_id": tenant_id, "policy": subject, "detail": message})
+    _queue(alert.pk)
+    return alert.pk
+
+
 def payload(alert: Alert) -> dict[str, object]:
     budget = alert.budget
+    if alert.kind == Alert.Kind.DRIFT:
+        return {"type": "routing.drift", "alert_id": alert.pk, "tenant": alert.tenant.slug, "policy": alert.subject,
+                "message": alert.message, "day": alert.period_start.date().isoformat(),
+                "created_at": alert.created_at.isoformat()}
     return {
         "type": "budget.threshold_crossed",
         "alert_id": alert.pk,
@@ -138,15 +156,13 @@ def deliver(alert_id: int) -> dict[str, str]:
 
 
 def _email(alert: Alert, body: dict[str, object]) -> str:
-    address = alert.budget.alert_email
+    address = alert.budget.alert_email if alert.budget else ""
     if not address or not settings.MODELGATE_ALERT_EMAILS:
         return Alert.Delivery.SKIPPED
-    subject = f"Modelgate: {alert.tenant.slug} has used {alert.threshold}% of its {alert.budget.period} budget"
-    text = (
-        f"Tenant {alert.tenant.slug} has spent {alert.spent:.4f} of its budget of {alert.limit:.4f} "
-        f"({alert.threshold}% threshold). The period ends at {body['period_end']}; at the limit the budget "
-        f"will {'refuse paid requests' if alert.budget.at_limit == Budget.AtLimit.BLOCK else 'serve local models only'}."
-    )
+    if alert.kind == Alert.Kind.DRIFT:
+        subject, text = f"Modelgate: routing of {alert.subject} drifted", alert.message
+    else:
+        subject, text = _budget_email(alert, body)
     try:
         send_mail(subject, text, None, [address])
     except (OSError, ValueError) as exc:
@@ -156,9 +172,19 @@ def _email(alert: Alert, body: dict[str, object]) -> str:
     return Alert.Delivery.SENT
 
 
+def _budget_email(alert: Alert, body: dict[str, object]) -> tuple[str, str]:
+    subject = f"Modelgate: {alert.tenant.slug} has used {alert.threshold}% of its {alert.budget.period} budget"
+    text = (
+        f"Tenant {alert.tenant.slug} has spent {alert.spent:.4f} of its budget of {alert.limit:.4f} "
+        f"({alert.threshold}% threshold). The period ends at {body['period_end']}; at the limit the budget "
+        f"will {'refuse paid requests' if alert.budget.at_limit == Budget.AtLimit.BLOCK else 'serve local models only'}."
+    )
+    return subject, text
+
+
 def _webhook(alert: Alert, body: dict[str, object]) -> str:
     budget = alert.budget
-    if not budget.webhook_url or not budget.webhook_secret:
+    if budget is None or not budget.webhook_url or not budget.webhook_secret:
         Alert.objects.filter(pk=alert.pk).update(webhook_status=Alert.Delivery.SKIPPED)
         return Alert.Delivery.SKIPPED
     secret = WEBHOOK_SECRETS.decrypt(budget.webhook_secret)

@@ -151,7 +151,13 @@ class SpendLimit(models.Model):
 
 
 class Alert(models.Model):
-    """A budget threshold crossed: one row per budget, period and threshold, whatever the concurrency."""
+    """Something a tenant's alert channels (the budget's email and webhook) must hear of: a budget
+    threshold crossed (one row per budget, period and threshold, whatever the concurrency), or the
+    routing of one of its tasks drifting (one row per policy and day)."""
+
+    class Kind(models.TextChoices):
+        BUDGET = "budget", "Budget threshold"
+        DRIFT = "drift", "Routing drift"
 
     class Delivery(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -159,12 +165,16 @@ class Alert(models.Model):
         FAILED = "failed", "Failed"
         SKIPPED = "skipped", "Not configured"
 
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.BUDGET)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alerts")
-    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
-    period_start = models.DateTimeField()
-    threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit.")
-    spent = models.DecimalField(max_digits=20, decimal_places=12)
-    limit = models.DecimalField(max_digits=20, decimal_places=12)
+    budget = models.ForeignKey(Budget, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts",
+                               help_text="Where the alert is delivered (its email and webhook); none: shown in the admin only.")
+    period_start = models.DateTimeField(help_text="Budget alerts: the period; drift alerts: the day of the check.")
+    threshold = models.PositiveSmallIntegerField(default=0, help_text="Percent of the limit (budget alerts).")
+    spent = models.DecimalField(max_digits=20, decimal_places=12, default=Decimal("0"))
+    limit = models.DecimalField(max_digits=20, decimal_places=12, default=Decimal("0"))
+    subject = models.CharField(max_length=200, blank=True, help_text="Drift alerts: the policy concerned.")
+    message = models.TextField(blank=True, help_text="Drift alerts: what moved, in words.")
     created_at = models.DateTimeField(default=timezone.now)
     email_status = models.CharField(max_length=16, choices=Delivery.choices, default=Delivery.PENDING)
     webhook_status = models.CharField(max_length=16, choices=Delivery.choices, default=Delivery.PENDING)
@@ -174,10 +184,15 @@ class Alert(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="one_alert_per_threshold"),
+            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], condition=models.Q(kind="budget"),
+                                    name="one_alert_per_threshold"),
+            models.UniqueConstraint(fields=["tenant", "subject", "period_start"], condition=models.Q(kind="drift"),
+                                    name="one_drift_alert_per_policy_and_day"),
         ]
 
     def __str__(self) -> str:
+        if self.kind == self.Kind.DRIFT:
+            return f"{self.tenant.slug}: drift in {self.subject}"
         return f"{self.tenant.slug}: {self.threshold}% of {self.limit:.4f}"
 
 

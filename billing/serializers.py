@@ -22,7 +22,8 @@ class AlertSettingsSerializer(serializers.Serializer):
 class AlertSerializer(serializers.ModelSerializer):
     class Meta:
         model = Alert
-        fields = ["id", "threshold", "spent", "limit", "period_start", "created_at", "email_status", "webhook_status",
+        fields = ["id", "kind", "threshold", "spent", "limit", "period_start", "subject", "message", "created_at",
+                  "email_status", "webhook_status",
                   "webhook_attempts"]
 
 

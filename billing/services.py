@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Model, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 from rest_framework import status
 
-from billing.models import Budget, SpendLimit, period_bounds
+from billing.models import Budget, EvaluationAllowance, SpendLimit, period_bounds
 from core.db import insert_row, insert_statement, prepared_cursor, update_rows, update_statement
 from core.errors import ApiError
 from core.recent import configuration
@@ -280,3 +281,47 @@ def budget_status(budget: Budget | None) -> dict[str, object] | None:
         "period_end": budget.period_end,
         "at_limit": budget.at_limit,
     }
+
+
+# --- shadow evaluation's allowance ------------------------------------------------------------------
+def evaluation_allowance(tenant_id: int) -> EvaluationAllowance:
+    """The tenant's evaluation allowance for this calendar month: created with
+    MODELGATE_EVALUATION_ALLOWANCE on first use, started afresh (spent 0) when a month ends."""
+    now = timezone.now()
+    start, end = period_bounds(Budget.Period.MONTHLY, None, now)
+    allowance, _ = EvaluationAllowance.objects.get_or_create(
+        tenant_id=tenant_id,
+        defaults={"limit": settings.MODELGATE_EVALUATION_ALLOWANCE, "period_start": start, "period_end": end},
+    )
+    if allowance.period_end <= now:
+        # Only one concurrent caller moves the period; in-flight holds stay and settle into the new one.
+        EvaluationAllowance.objects.filter(pk=allowance.pk, period_end__lte=now).update(
+            spent=Decimal("0"), period_start=start, period_end=end
+        )
+        allowance.refresh_from_db()
+    return allowance
+
+
+def reserve_evaluation(allowance: EvaluationAllowance, amount: Decimal) -> bool:
+    """Hold `amount` on the allowance if it fits; never on the tenant's budget."""
+    if amount <= 0:
+        return True
+    return bool(EvaluationAllowance.objects.filter(pk=allowance.pk, limit__gte=F("spent") + F("reserved") + amount)
+                .update(reserved=F("reserved") + amount))
+
+
+def settle_evaluation(allowance: EvaluationAllowance, held: Decimal, actual: Decimal) -> Decimal:
+    """Replace the hold by the actual cost, never more than was held; returns what was charged."""
+    charged = min(actual, held)
+    if held > 0:
+        EvaluationAllowance.objects.filter(pk=allowance.pk).update(
+            reserved=Greatest(F("reserved") - held, Decimal("0")), spent=F("spent") + charged
+        )
+    return charged
+
+
+def release_evaluation(allowance_or_tenant: EvaluationAllowance | int, held: Decimal) -> None:
+    if held <= 0:
+        return
+    tenant = {"tenant_id": allowance_or_tenant} if isinstance(allowance_or_tenant, int) else {"pk": allowance_or_tenant.pk}
+    EvaluationAllowance.objects.filter(**tenant).update(reserved=Greatest(F("reserved") - held, Decimal("0")))

@@ -49,7 +49,7 @@ class LanguageIdInput:
 @dataclass(slots=True)
 class LanguageGuess:
     language: str  # ISO 639-1 where one exists ("en"), else the model's code
-    probability: float
+    probability: float | None  # None: the model states none (a premium answer)
 
 
 # --- classification ------------------------------------------------------------------------

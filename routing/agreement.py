@@ -2,6 +2,7 @@
 the local quality a routing curve is drawn from. Chat has no formula here; the judge prompt scores it."""
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable
@@ -60,7 +61,8 @@ def _top_language(guesses: Any) -> str | None:
         raise TypeError(f"A language_id answer is a list of LanguageGuess, not {type(guesses).__name__}.")
     if not guesses:
         return None
-    return max(guesses, key=lambda guess: guess.probability).language
+    # The most probable guess decides; a premium guess states no probability, and then the first one does.
+    return max(guesses, key=lambda guess: -math.inf if guess.probability is None else guess.probability).language
 
 
 def _language(code: str) -> str:

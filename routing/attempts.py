@@ -130,7 +130,7 @@ def _preview(values: list[Any]) -> str:
         elif hasattr(first, "predicted"):
             text = ", ".join(first.predicted)
         elif isinstance(first, list) and first and hasattr(first[0], "language"):
-            text = ", ".join(f"{g.language} {g.probability:.2f}" for g in first)
+            text = ", ".join(g.language if g.probability is None else f"{g.language} {g.probability:.2f}" for g in first)
         elif hasattr(first, "vector"):
             text = f"{len(values)} vectors of {len(first.vector)} dimensions"
         elif hasattr(first, "scores"):

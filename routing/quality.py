@@ -105,7 +105,7 @@ def features(task: str, given: Any, produced: Any) -> dict[str, Any] | None:
 
 
 def _language_id(given: Any, produced: list[LanguageGuess]) -> Verdict:
-    return Verdict(confidence=produced[0].probability if produced else 0.0)
+    return Verdict(confidence=produced[0].probability if produced else 0.0)  # None for a premium guess
 
 
 def _classification(given: Any, produced: Classification) -> Verdict:

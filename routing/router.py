@@ -25,7 +25,7 @@ from billing.services import Hold, Refusal, budget_of
 from registry.models import ModelSpec
 from registry.services import ensure_prepared, get_pool
 from core.recent import configuration
-from routing import quality
+from routing import quality, shadow
 from routing.attempts import Outcome, admit, complete, hold_and_admit, refuse, release, settle, tokens_used
 from routing.premium import run_premium
 from routing.agreement import agreement
@@ -241,6 +241,9 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
         if escalated_local and not spec.is_local:
             record_escalation_pairs(task, teacher=record, pairs=[(*escalated_local[i], answers[i]) for i in pending
                                                                  if i in escalated_local])
+        if spec.is_local and len(pending) == len(items):
+            shadow.sample(policy=policy, record=record, candidates=walk.candidates, items=items, values=answers,
+                          summary=summary)
         return Routed(values=answers, record=record, spec=spec, attempts=walk.attempts, item_models=item_models)
     raise walk.exhausted()
 

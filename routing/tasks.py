@@ -1,4 +1,5 @@
-"""Background work for routing (django-q2): closing records whose request never finished."""
+"""Background work for routing (django-q2): closing records whose request never finished, tuning the
+thresholds, checking for drift; shadow evaluation runs from routing.shadow."""
 from __future__ import annotations
 
 import logging
@@ -16,14 +17,33 @@ logger = logging.getLogger("modelgate.routing")
 SCHEDULES = {
     # name: (function, schedule type, minutes between runs)
     "routing: reap abandoned inferences": ("routing.tasks.reap_abandoned", "I", 1),
+    "routing: tune thresholds": ("routing.tasks.tune_policies", "I", settings.MODELGATE_TUNE_MINUTES),
+    "routing: check drift": ("routing.tasks.check_drift", "D", None),
 }
+
+
+def tune_policies() -> str:
+    """The scheduled tuner: every policy with auto-tune on and not locked (routing.tuning)."""
+    from routing.tuning import tune_all
+
+    changes = tune_all()
+    moved = [change for change in changes if change.changed]
+    return f"{len(changes)} policies tuned, {len(moved)} floors moved"
+
+
+def check_drift() -> str:
+    """The daily drift check of every policy (routing.drift)."""
+    from routing.drift import check_all
+
+    reports = check_all()
+    return f"{len(reports)} policies checked, {sum(report.drifted for report in reports)} drifted"
 
 
 def reap_abandoned(*, limit: int = 1000) -> int:
     """Pending rows older than the request timeout belong to requests that died (a killed worker, a
     crash): close them as abandoned and free the budget they still hold. Each row is claimed with a
     conditional update, so a retried or concurrent reaper frees a hold once."""
-    from billing.services import budget_of, release_reserved
+    from billing.services import budget_of, release_evaluation, release_reserved
 
     cutoff = timezone.now() - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 60)
     stale = InferenceRecord.objects.filter(status=InferenceRecord.Status.PENDING, created_at__lt=cutoff)
@@ -36,8 +56,12 @@ def reap_abandoned(*, limit: int = 1000) -> int:
                 error_code="abandoned",
                 error_message="The request did not finish within the request timeout.",
             )
-            budget = budget_of(record.tenant)
-            if claimed and budget is not None and record.reserved_cost > 0:
+            if not claimed or record.reserved_cost <= 0:
+                pass
+            elif record.purpose == InferenceRecord.Purpose.EVALUATION:
+                # A shadow evaluation's hold is on the evaluation allowance, never on the budget.
+                release_evaluation(record.tenant_id, record.reserved_cost)
+            elif (budget := budget_of(record.tenant)) is not None:
                 release_reserved(budget, record.reserved_cost, key_id=record.api_key_id, model_slug=record.model_slug)
         closed += claimed
     if closed:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
@@ -32,11 +33,13 @@ from inference.payloads import (
 )
 from registry.models import ModelSpec
 from routing import serializers as s
-from routing.models import InferenceRecord
+from routing.models import InferenceRecord, QualitySignal
 from billing.prices import Summary
 from routing.router import InputRejected, Routed, route
 from routing.streaming import stream_chat
 from tenants.models import Scope
+
+FEEDBACK_AGREEMENT = {1: 1.0, 0: 0.5, -1: 0.0}  # good, neutral, bad
 
 PRICE_FIELDS = [
     "price_input_per_1k_tokens", "price_output_per_1k_tokens", "price_per_1k_characters",
@@ -325,7 +328,7 @@ class InferenceDetailView(generics.RetrieveAPIView):
 class FeedbackView(APIView):
     required_scope = Scope.INFERENCES
 
-    @extend_schema(request=s.FeedbackSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Rate an answer; feedback feeds routing self-tuning")
+    @extend_schema(request=s.FeedbackSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Rate an answer: a quality signal the routing tuner weighs")
     def post(self, request: Request) -> Response:
         data = parse(s.FeedbackSerializer, request)
         # The answer the caller saw is the request's last completed attempt.
@@ -336,7 +339,14 @@ class FeedbackView(APIView):
         )
         if record is None:
             raise NotFound(f"No answered request {data['request_id']!r}.")
-        InferenceRecord.objects.filter(pk=record.pk).update(
-            feedback_score=data["score"], feedback_comment=data["comment"], feedback_at=timezone.now()
-        )
+        with transaction.atomic():
+            InferenceRecord.objects.filter(pk=record.pk).update(
+                feedback_score=data["score"], feedback_comment=data["comment"], feedback_at=timezone.now()
+            )
+            # Feedback is a quality signal of its own source: the tuner weighs it with the others.
+            QualitySignal.objects.update_or_create(
+                record=record, source=QualitySignal.Source.FEEDBACK,
+                defaults={"agreement": FEEDBACK_AGREEMENT[data["score"]], "detail": data["comment"][:300],
+                          "created_at": timezone.now()},
+            )
         return Response({"inference_id": str(record.id), "request_id": record.request_id, "score": data["score"]})

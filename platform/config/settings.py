@@ -193,6 +193,8 @@ MODELGATE_REQUEST_TIMEOUT = env_int("MODELGATE_REQUEST_TIMEOUT", 120, min_value=
 MODELGATE_MAX_OUTPUT_TOKENS = env_int("MODELGATE_MAX_OUTPUT_TOKENS", 1024, min_value=1)
 # Shadow evaluation: what each tenant's premium "teacher" calls may spend per month (0: no shadow evaluation).
 MODELGATE_EVALUATION_ALLOWANCE = env_decimal("MODELGATE_EVALUATION_ALLOWANCE", "5", min_value="0")
+# How often the tuner re-tunes every unlocked auto-tune policy (minutes).
+MODELGATE_TUNE_MINUTES = env_int("MODELGATE_TUNE_MINUTES", 60, min_value=1, max_value=7 * 24 * 60)
 # What a second of local compute costs, for models registered from now on (the starter pack, pulls):
 # small but not zero, so that local work shows in usage reports. Each model's price stays editable.
 MODELGATE_LOCAL_COMPUTE_PRICE = env_decimal("MODELGATE_LOCAL_COMPUTE_PRICE", "0.00002", min_value="0")

@@ -5,24 +5,34 @@ One server answers both APIs, so a test points the SDKs at it with
     Anthropic: base_url = server.anthropic_base_url  (the SDK appends /v1/messages)
 Endpoints: POST /v1/chat/completions (JSON, or SSE `data: {...}` chunks ending with `data: [DONE]`, a
 usage chunk when `stream_options.include_usage`), POST /v1/embeddings (float or base64), POST
-/v1/messages (JSON, or SSE with message_start, content_block_start/delta/stop, message_delta,
-message_stop). Usage is deterministic: prompt tokens are the whitespace-separated words of the
-messages (system included), completion tokens the words of the reply; a reply is cut at
+/v1/audio/transcriptions (a multipart upload of an audio file the server decodes; `json` or `text`
+answers), POST /v1/messages (JSON, or SSE with message_start, content_block_start/delta/stop,
+message_delta, message_stop). Usage is deterministic: prompt tokens are the whitespace-separated words
+of the messages (system included), completion tokens the words of the reply; a reply is cut at
 `max_tokens` words ("length" / "max_tokens") or before the first stop string.
 
-Behaviour is switched per test: `normal()`, `slow(seconds)`, `status(code, times=N)`, `malformed()`,
-`cut()`, `stall()`, `stream_error()`, `hang()` and `reply(text)`. Every request is recorded in `requests`, without its
-credentials (only a digest of the key, to tell which key came).
+What the model "writes" is set per test, as a real model's answer to a prompt would be: `reply(text)`
+for every chat answer from then on, `replies(*texts)` for the next few in order (one per item of a
+batch), and `transcript(text)` for what the transcriber hears in audio that is not silent (silence is
+transcribed as nothing, as Whisper does). Behaviour is switched per test: `normal()`,
+`slow(seconds)`, `status(code, times=N)`, `malformed()`, `cut()`, `stall()`, `stream_error()` and
+`hang()`. Every request is recorded in `requests`, without its credentials (only a digest of the key,
+to tell which key came).
 """
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import hashlib
+import io
 import json
+import math
 import re
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,14 +40,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 
 DEFAULT_REPLY = "Hello from the fake provider."
+DEFAULT_TRANSCRIPT = "Hello from the fake transcriber."
+SILENCE_PEAK = 1e-3  # audio whose samples all stay below this is silence: an empty transcript
 EMBEDDING_DIM = 8
 HANG_LIMIT = 30.0  # seconds a hanging handler waits at most, should nothing release it
 JOIN_LIMIT = 5.0  # seconds close() waits, in all, for handler threads to end
 IDLE_LIMIT = 10.0  # seconds an idle keep-alive connection is kept open by the server
 
 _WORD = re.compile(r"\s*\S+")
+_CHAT_PATHS = {"/v1/chat/completions", "/v1/messages"}
 _CREDENTIAL_HEADERS = {"authorization", "x-api-key", "api-key"}
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -50,11 +64,18 @@ _ERROR_TYPES = {
 
 
 @dataclass(frozen=True)
+class UploadedFile:
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     method: str
     path: str
     headers: dict[str, str]  # lower-case names; credentials removed
-    body: Any  # the parsed JSON body, None when it was not JSON
+    body: Any  # the parsed JSON body, or a multipart form's fields (files as UploadedFile); None when neither
     connection: int  # which TCP connection carried it: equal numbers mean a reused pooled connection
     credential: str | None  # SHA-256 (hex) of the key presented, if any: which key came, never the key
 
@@ -84,6 +105,8 @@ class FakeProviderServer:
         self._behaviour = _NORMAL
         self._remaining: int | None = None  # requests left before the behaviour reverts to normal
         self._reply = DEFAULT_REPLY
+        self._replies: deque[str] = deque()  # answers of the next chat requests, before `_reply` again
+        self._transcript = DEFAULT_TRANSCRIPT
         self._connections = 0
         self._open: dict[int, tuple[socket.socket, threading.Thread]] = {}
         self.released = threading.Event()  # set on close: sleeping and hanging handlers return at once
@@ -196,6 +219,21 @@ class FakeProviderServer:
         """What the model "writes" from now on, on both APIs."""
         with self._lock:
             self._reply = text
+            self._replies.clear()
+
+    def replies(self, *texts: str) -> None:
+        """What the model writes to the next len(texts) chat requests, in order; then `reply` again."""
+        with self._lock:
+            self._replies = deque(texts)
+
+    def transcript(self, text: str) -> None:
+        """What the transcriber hears from now on in audio that is not silent ("" for nothing)."""
+        with self._lock:
+            self._transcript = text
+
+    def _heard(self) -> str:
+        with self._lock:
+            return self._transcript
 
     def _set(self, behaviour: _Behaviour, times: int | None) -> None:
         with self._lock:
@@ -207,6 +245,8 @@ class FakeProviderServer:
         with self._lock:
             self._requests.append(request)
             behaviour, reply = self._behaviour, self._reply
+            if self._replies and request.path in _CHAT_PATHS:
+                reply = self._replies.popleft()
             if self._remaining is not None:
                 self._remaining -= 1
                 if self._remaining <= 0:
@@ -266,10 +306,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
+        content_type = self.headers.get("Content-Type") or ""
+        if content_type.lower().startswith("multipart/form-data"):
+            body = _form(raw, content_type)
+        else:
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
         headers = {name.lower(): value for name, value in self.headers.items() if name.lower() not in _CREDENTIAL_HEADERS}
         path = self.path.split("?", 1)[0]
         key = self._presented_key()
@@ -322,6 +366,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat_completions(body, reply, stream=stream)
         elif path == "/v1/embeddings":
             self._embeddings(body)
+        elif path == "/v1/audio/transcriptions":
+            self._transcriptions(body)
         elif anthropic:
             self._messages(body, reply, stream=stream)
         else:
@@ -395,6 +441,27 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
             },
         )
+
+    def _transcriptions(self, form: dict[str, Any]) -> None:
+        upload = form.get("file")
+        if not isinstance(upload, UploadedFile) or not form.get("model"):
+            self._error(400, anthropic=False, message="A transcription needs a file and a model.")
+            return
+        try:
+            samples, rate = soundfile.read(io.BytesIO(upload.data), dtype="float32", always_2d=True)
+        except (RuntimeError, TypeError, ValueError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            self._error(400, anthropic=False, message=f"Audio file might be corrupted or unsupported: {exc}")
+            return
+        duration = samples.shape[0] / rate
+        silent = samples.size == 0 or float(np.abs(samples).max()) < SILENCE_PEAK
+        text = "" if silent else self.server_state._heard()
+        response_format = form.get("response_format", "json")
+        if response_format == "text":
+            self._raw(200, f"{text}\n".encode(), "text/plain; charset=utf-8")
+        elif response_format == "json":
+            self._json(200, {"text": text, "usage": {"type": "duration", "seconds": math.ceil(duration)}})
+        else:
+            self._error(400, anthropic=False, message=f"response_format {response_format!r} is not supported by this model.")
 
     # --- Anthropic ---------------------------------------------------------------------------
     def _messages(self, body: dict[str, Any], reply: str, *, stream: bool) -> None:
@@ -506,6 +573,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         if self.stall:
             self.server_state.released.wait(HANG_LIMIT)
+
+
+def _form(raw: bytes, content_type: str) -> dict[str, Any] | None:
+    """The fields of a multipart/form-data body: text fields as str, files as UploadedFile."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    if not message.is_multipart():
+        return None
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        data = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            fields[name] = UploadedFile(filename=filename, content_type=part.get_content_type(), data=data)
+        else:
+            fields[name] = data.decode()
+    return fields
 
 
 def _content_text(content: Any) -> str:

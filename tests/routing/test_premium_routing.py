@@ -1,23 +1,35 @@
 """Premium models in the chain, through the official SDKs against a fake provider on 127.0.0.1:
-complexity routing, escalation, fallback, open circuits, bring-your-own keys, streaming."""
+complexity routing, escalation, fallback, open circuits, bring-your-own keys, streaming, and every task
+a local model answers (language ID, speech, intent) answered by a premium model."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+from decimal import Decimal
 
+import numpy as np
 import pytest
+import soundfile
 
+from inference.intent import DEFAULT_INTENTS
+from inference.payloads import AudioInput, ChatMessage, GenerationInput, LanguageIdInput
 from registry.models import ModelSpec
+from routing import prompts
 from routing.models import ProviderCredential, RoutingPolicy
 from routing.breaker import breaker_for
+from routing.premium import MissingOption, judge_chat, run_premium
+from routing.providers import ProviderBadOutput, ProviderUnsupported
 from tests.routing.conftest import post, records
+from tests.routing.fake_providers import words
 from tests.routing.test_chat_completions import FRANCE
+from tests.routing.test_providers import tone
 from tests.routing.test_router import SPORTS
 
 OPERATOR_KEY = "sk-operator-key-for-tests"
 
 
-def premium(slug: str, task: str, server, *, kind: str = "openai", **prices) -> ModelSpec:
+def premium(slug: str, task: str, server, *, kind: str = "openai", options: dict | None = None, **prices) -> ModelSpec:
     base_url = server.openai_base_url if kind == "openai" else server.anthropic_base_url
     ProviderCredential.objects.get_or_create(tenant=None, kind=kind, base_url=base_url,
                                              defaults={"encrypted_api_key": ""})
@@ -27,8 +39,9 @@ def premium(slug: str, task: str, server, *, kind: str = "openai", **prices) -> 
     breaker_for(f"{kind}:{base_url}").reset()
     return ModelSpec.objects.create(
         slug=slug, display_name=slug, task=task, backend=kind, source_kind="provider", source=f"{slug}-upstream",
-        tier="premium", options={"base_url": base_url, "timeout": 2, "max_retries": 1, "breaker_threshold": 2},
+        tier="premium", options={"base_url": base_url, "timeout": 2, "max_retries": 1, "breaker_threshold": 2, **(options or {})},
         price_input_per_1k_tokens=prices.get("input", "0.5"), price_output_per_1k_tokens=prices.get("output", "1.5"),
+        price_per_audio_minute=prices.get("audio_minute", "0"),
     )
 
 
@@ -155,3 +168,168 @@ def test_a_premium_chat_costs_two_queries_once_the_key_is_known(api, alice, fake
     with django_assert_num_queries(2):
         response = post(api, "/v1/chat/completions", body, alice)
     assert response.status_code == 200 and response["x-modelgate-model"] == "gpt-fake"
+
+
+# --- every local task, answered by a premium model -----------------------------------------------
+def prompt_tokens(request) -> int:
+    """What the fake bills for a chat request's prompt: the words of every message, system included."""
+    return sum(words(message["content"]) for message in request.body["messages"])
+
+
+def classified(label: str, labels) -> str:
+    """A classifier's JSON answer giving `label` 0.65 and the rest of the probability to the others."""
+    others = [name for name in labels if name != label]
+    return json.dumps({"label": label, "scores": {label: 0.65, **{name: 0.35 / len(others) for name in others}}})
+
+
+def wav_upload(samples: np.ndarray, name: str = "clip.wav") -> io.BytesIO:
+    upload = io.BytesIO()
+    soundfile.write(upload, samples, 16_000, format="WAV", subtype="PCM_16")
+    upload.seek(0)
+    upload.name = name
+    return upload
+
+
+def test_run_premium_identifies_languages_and_sums_the_tokens_of_every_item(db, fake_providers):
+    spec = premium("lid-fake", "language_id", fake_providers)
+    fake_providers.replies('{"language": "fr"}', '{"language": "eng"}')
+
+    outcome = run_premium(spec=spec, task="language_id", items=[LanguageIdInput("Bonjour à tous"),
+                                                                   LanguageIdInput("Good morning", top_k=3)])
+
+    assert [[guess.language for guess in guesses] for guesses in outcome.values] == [["fr"], ["en"]]  # one guess each
+    assert all(guesses[0].probability is None for guesses in outcome.values)
+    sent = fake_providers.requests_to("/v1/chat/completions")
+    assert [request.body["model"] for request in sent] == ["lid-fake-upstream"] * 2
+    assert outcome.tokens_in == sum(prompt_tokens(request) for request in sent) and outcome.tokens_out == 4
+
+
+def test_run_premium_transcribes_and_reports_no_tokens_so_the_audio_minutes_price_it(db, fake_providers):
+    spec = premium("whisper-fake", "speech", fake_providers)
+    fake_providers.transcript("Where is my parcel")
+
+    outcome = run_premium(spec=spec, task="speech", items=[AudioInput(samples=tone(2.0), language="en")])
+
+    [transcription] = outcome.values
+    assert (transcription.text, transcription.language, transcription.duration) == ("Where is my parcel", "en", 2.0)
+    assert transcription.avg_logprob is None  # no confidence claimed
+    assert outcome.tokens_in is None and outcome.tokens_out is None
+    [request] = fake_providers.requests_to("/v1/audio/transcriptions")
+    assert (request.body["model"], request.body["language"]) == ("whisper-fake-upstream", "en")
+
+
+def test_anthropic_cannot_serve_speech(db, fake_providers):
+    spec = premium("claude-ears", "speech", fake_providers, kind="anthropic")
+    with pytest.raises(ProviderUnsupported, match="does not transcribe") as caught:
+        run_premium(spec=spec, task="speech", items=[AudioInput(samples=tone())])
+    assert not caught.value.retryable and fake_providers.requests == []
+
+
+def test_run_premium_classifies_the_transcript_into_an_intent(db, fake_providers):
+    spec = premium("intent-fake", "intent", fake_providers, options={"chat_model": "gpt-small", "top_k": 2})
+    fake_providers.transcript("I want to pay for everything in my basket")
+    fake_providers.reply(classified("checkout", DEFAULT_INTENTS))
+
+    outcome = run_premium(spec=spec, task="intent", items=[AudioInput(samples=tone())])
+
+    [intent] = outcome.values
+    assert (intent.intent, intent.confidence) == ("checkout", pytest.approx(0.65))
+    assert [score.label for score in intent.top_k][0] == "checkout" and len(intent.top_k) == 2
+    assert intent.transcription.text == "I want to pay for everything in my basket"
+    [heard] = fake_providers.requests_to("/v1/audio/transcriptions")
+    [asked] = fake_providers.requests_to("/v1/chat/completions")
+    assert heard.body["model"] == "intent-fake-upstream" and asked.body["model"] == "gpt-small"
+    assert json.dumps(list(DEFAULT_INTENTS)) in asked.body["messages"][0]["content"]
+    assert asked.body["messages"][1]["content"] == "I want to pay for everything in my basket"
+    assert outcome.tokens_in == prompt_tokens(asked) and outcome.tokens_out == words(classified("checkout", DEFAULT_INTENTS))
+
+
+def test_a_premium_intent_model_takes_its_labels_from_the_intents_option(db, fake_providers):
+    intents = {"refund": "give me my money back", "greeting": ["hello", "hi there"]}
+    spec = premium("intent-fake", "intent", fake_providers, options={"chat_model": "gpt-small", "intents": intents})
+    fake_providers.reply(classified("refund", intents))
+
+    [intent] = run_premium(spec=spec, task="intent", items=[AudioInput(samples=tone())]).values
+
+    assert intent.intent == "refund" and [score.label for score in intent.top_k] == ["refund", "greeting"]
+    assert '["refund", "greeting"]' in fake_providers.requests_to("/v1/chat/completions")[0].body["messages"][0]["content"]
+
+
+def test_an_empty_transcript_of_sound_claims_no_intent_confidence(db, fake_providers):
+    spec = premium("intent-fake", "intent", fake_providers, options={"chat_model": "gpt-small"})
+    fake_providers.transcript("")
+
+    [intent] = run_premium(spec=spec, task="intent", items=[AudioInput(samples=tone())]).values
+
+    # Not the local backend's sure "other" for silence: the router's floor sees a doubt.
+    assert (intent.intent, intent.confidence, intent.top_k, intent.transcription.text) == ("other", 0.0, [], "")
+    assert fake_providers.requests_to("/v1/chat/completions") == []
+
+
+def test_an_intent_model_without_a_chat_model_fails_before_sending_the_audio(db, fake_providers):
+    spec = premium("intent-fake", "intent", fake_providers)
+    with pytest.raises(MissingOption, match="chat_model") as caught:
+        run_premium(spec=spec, task="intent", items=[AudioInput(samples=tone())])
+    assert caught.value.code == "provider_not_configured" and fake_providers.requests == []
+
+
+def test_judge_chat_grades_a_local_answer_with_the_teacher_model(db, fake_providers):
+    spec = premium("gpt-teacher", "generation", fake_providers)
+    question = GenerationInput(messages=(ChatMessage("user", "What is the capital of France?"),), max_tokens=16)
+    fake_providers.reply('{"agreement": 0.9}')
+
+    verdict = judge_chat(spec=spec, item=question, candidate="Paris, I think.", reference="Paris.")
+
+    assert verdict.value == 0.9 and verdict.tokens_out == 2
+    [request] = fake_providers.requests_to("/v1/chat/completions")
+    assert request.body["model"] == "gpt-teacher-upstream" and verdict.tokens_in == prompt_tokens(request)
+    fake_providers.reply('{"agreement": 2}')
+    with pytest.raises(ProviderBadOutput, match="between 0 and 1") as caught:
+        judge_chat(spec=spec, item=question, candidate="Lyon.", reference="Paris.")
+    refused = fake_providers.requests_to("/v1/chat/completions")[-1]
+    assert caught.value.tokens_in == prompt_tokens(refused) and caught.value.tokens_out == 2  # billed all the same
+
+
+def test_detect_language_through_a_premium_model(api, alice, fake_providers):
+    premium("lid-fake", "language_id", fake_providers)
+    fake_providers.reply('{"language": "fr"}')
+
+    response = post(api, "/v1/detect-language", {"texts": ["Bonjour à tous"], "model": "lid-fake"}, alice,
+                     HTTP_X_REQUEST_ID="premium-lid-01")
+
+    assert response.status_code == 200, response.content
+    [result] = response.json()["results"]
+    assert (result["language"], result["probability"]) == ("fr", None)  # no probability claimed
+    [record] = records("premium-lid-01")
+    assert record.status == "ok" and record.tier == "premium" and record.output_preview == "fr"
+    assert record.unit == "tokens" and record.cost > 0
+
+
+def test_a_premium_transcription_is_priced_by_the_audio_minute(api, alice, fake_providers):
+    premium("whisper-fake", "speech", fake_providers, audio_minute="0.006")
+    fake_providers.transcript("Add two apples to my cart")
+
+    response = api.post("/v1/audio/transcriptions", {"file": wav_upload(tone(3.0)), "model": "whisper-fake"},
+                        format="multipart", **alice.auth, HTTP_X_REQUEST_ID="premium-asr-01")
+
+    assert response.status_code == 200, response.content
+    assert response.json() == {"text": "Add two apples to my cart"}
+    assert response["x-modelgate-model"] == "whisper-fake" and response["x-modelgate-tier"] == "premium"
+    [record] = records("premium-asr-01")
+    assert (record.status, record.unit, record.units_in) == ("ok", "seconds", pytest.approx(3.0))
+    assert record.cost == Decimal("0.006") * Decimal(str(record.units_in)) / 60
+
+
+def test_intent_through_a_premium_model(api, alice, fake_providers):
+    premium("intent-fake", "intent", fake_providers, options={"chat_model": "gpt-small"})
+    fake_providers.transcript("Where is my order")
+    fake_providers.reply(classified("track_order", DEFAULT_INTENTS))
+
+    response = api.post("/v1/intent", {"file": wav_upload(tone()), "model": "intent-fake", "top_k": 2},
+                        format="multipart", **alice.auth, HTTP_X_REQUEST_ID="premium-int-01")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["intent"], body["confidence"], body["transcription"]["text"]) == ("track_order", 0.65, "Where is my order")
+    assert [entry["intent"] for entry in body["top_k"]][0] == "track_order"
+    assert records("premium-int-01")[0].tier == "premium"

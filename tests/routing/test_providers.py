@@ -1,8 +1,10 @@
 """Premium providers through the official SDKs against a real fake server: answers, usage, streaming,
-prompted tasks, retries, error mapping, timeouts and the circuit breaker."""
+embeddings, transcription, retries, error mapping, timeouts and the circuit breaker (the prompted tasks
+are tests/routing/test_prompts.py)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import threading
 import time
@@ -10,9 +12,10 @@ import traceback
 
 import numpy as np
 import pytest
+import soundfile
 
 from inference.errors import InvalidInput
-from inference.payloads import ChatMessage, GenerationInput
+from inference.payloads import AudioInput, ChatMessage, GenerationInput
 from routing.breaker import CircuitBreaker, CircuitOpen
 from routing.providers import (
     AnthropicProvider,
@@ -27,7 +30,7 @@ from routing.providers import (
     ProviderUnsupported,
     provider_for,
 )
-from tests.routing.fake_providers import HANG_LIMIT, JOIN_LIMIT, FakeProviderServer, fake_vector
+from tests.routing.fake_providers import DEFAULT_TRANSCRIPT, HANG_LIMIT, JOIN_LIMIT, FakeProviderServer, UploadedFile, fake_vector
 
 KEY = "sk-fake-0123456789abcdef-secret"
 KINDS = ("openai", "anthropic")
@@ -44,6 +47,12 @@ def provider(server: FakeProviderServer, kind: str = "openai", **settings: objec
     base_url = server.anthropic_base_url if kind == "anthropic" else server.openai_base_url
     options: dict[str, object] = {"api_key": KEY, "timeout": 5.0, "name": f"test-{kind}-{next(_names)}", **settings}
     return provider_for(ProviderConfig(kind=kind, base_url=base_url, **options))
+
+
+def tone(seconds: float = 1.5, *, amplitude: float = 0.3) -> np.ndarray:
+    """A 440 Hz tone, mono float32 at 16 kHz: audio that is not silent."""
+    t = np.arange(int(seconds * 16_000), dtype=np.float32) / 16_000
+    return (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
 
 
 class Clock:
@@ -275,96 +284,81 @@ def test_anthropic_has_no_embeddings(fake_providers):
     assert fake_providers.requests == []
 
 
-# --- prompted tasks ------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("reply", ['{"translation": "Bonjour le monde"}', '```json\n{"translation": "Bonjour le monde"}\n```'])
-def test_translate_parses_the_json_answer(fake_providers, kind, reply):
-    fake_providers.reply(reply)
+# --- transcription -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["openai", "openai-compatible"])
+def test_transcribe_uploads_a_wav_of_the_samples_and_returns_the_transcript(fake_providers, kind):
+    fake_providers.transcript("  I would like to check out now  ")
+    samples = tone(1.5)
 
-    result = provider(fake_providers, kind).translate(model="m", text="Hello world", source="eng_Latn", target="fr")
+    result = provider(fake_providers, kind).transcribe(model="whisper-1", audio=AudioInput(samples=samples, language="en-US"))
 
-    assert result.value.text == "Bonjour le monde"
-    assert (result.value.source, result.value.target, result.value.truncated) == ("en", "fr", False)
-    assert result.tokens_out == len(reply.split())
-    assert result.tokens_in > 2
-    prompt = str(fake_providers.requests[0].body)
-    assert "from English into French" in prompt and '{"translation":' in prompt
+    transcription = result.value
+    assert transcription.text == "I would like to check out now"
+    assert (transcription.language, transcription.duration, transcription.segments) == ("en", 1.5, [])
+    assert (result.tokens_in, result.tokens_out) == (0, 0)  # priced by the audio minute
+    [request] = fake_providers.requests_to("/v1/audio/transcriptions")
+    assert request.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert (request.body["model"], request.body["language"], request.body["response_format"]) == ("whisper-1", "en", "json")
+    upload = request.body["file"]
+    assert isinstance(upload, UploadedFile) and (upload.filename, upload.content_type) == ("audio.wav", "audio/wav")
+    info = soundfile.info(io.BytesIO(upload.data))
+    assert (info.format, info.subtype, info.samplerate, info.channels, info.frames) == ("WAV", "PCM_16", 16_000, 1, samples.size)
+    sent, _ = soundfile.read(io.BytesIO(upload.data), dtype="float32")
+    np.testing.assert_allclose(sent, samples, atol=1 / 32_768)
 
 
-@pytest.mark.parametrize(
-    "reply",
-    [
-        "Bonjour le monde",
-        'Sure! Here it is: {"translation": "Bonjour"}',
-        '{"translation": "Bonjour", "note": "informal"}',
-        '{"translation": ""}',
-        '{"translation": 42}',
-        '["Bonjour"]',
-        '{"translation": NaN}',
-    ],
-)
-def test_translate_refuses_anything_but_the_exact_json(fake_providers, reply):
-    fake_providers.reply(reply)
-    chosen = provider(fake_providers)
+def test_a_premium_transcript_claims_no_confidence(fake_providers):
+    transcription = provider(fake_providers).transcribe(model="whisper-1", audio=AudioInput(samples=tone())).value
 
-    with pytest.raises(ProviderBadOutput, match="unusable answer") as caught:
-        chosen.translate(model="m", text="Hello world", source=None, target="fr")
+    assert transcription.avg_logprob is None and transcription.language_probability is None
+    assert transcription.language is None  # none requested, and the plain JSON answer does not name it
+    assert "language" not in fake_providers.requests[0].body
+    assert transcription.text == DEFAULT_TRANSCRIPT
+
+
+def test_silence_comes_back_as_an_empty_transcript_not_an_error(fake_providers):
+    result = provider(fake_providers).transcribe(model="whisper-1", audio=AudioInput(samples=np.zeros(16_000, np.float32)))
+
+    assert result.value.text == "" and result.value.duration == 1.0
+
+
+def test_samples_beyond_full_scale_are_clipped_not_wrapped(fake_providers):
+    provider(fake_providers).transcribe(model="whisper-1", audio=AudioInput(samples=tone(amplitude=1.5)))
+
+    sent, _ = soundfile.read(io.BytesIO(fake_providers.requests[0].body["file"].data), dtype="float32")
+    assert sent.max() == pytest.approx(1.0, abs=1e-4) and sent.min() == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_anthropic_has_no_transcription(fake_providers):
+    with pytest.raises(ProviderUnsupported, match="does not transcribe audio") as caught:
+        provider(fake_providers, "anthropic").transcribe(model="m", audio=AudioInput(samples=tone()))
 
     assert not caught.value.retryable
-    assert caught.value.tokens_out == len(reply.split())  # still billed
-    assert chosen.breaker.failures == 0  # the provider answered: not its failure
-
-
-def test_a_translation_cut_at_max_tokens_is_bad_output(fake_providers):
-    fake_providers.reply('{"translation": "Bonjour tout le monde et bienvenue"}')
-    with pytest.raises(ProviderBadOutput, match="cut at max_tokens"):
-        provider(fake_providers).translate(model="m", text="Hello", source="en", target="fr", max_tokens=3)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_classify_parses_a_single_label_and_rescales_its_scores(fake_providers, kind):
-    fake_providers.reply('{"label": "billing", "scores": {"billing": 0.6, "shipping": 0.3, "other": 0.1}}')
-
-    result = provider(fake_providers, kind).classify(model="m", text="I was charged twice", labels=["shipping", "billing", "other"])
-
-    assert result.value.predicted == ["billing"] and not result.value.multi_label
-    assert [score.label for score in result.value.scores] == ["billing", "shipping", "other"]
-    assert [score.score for score in result.value.scores] == pytest.approx([0.6, 0.3, 0.1])
-    assert result.tokens_out == 9  # the fake counts the words of its reply
-
-
-def test_classify_parses_several_labels(fake_providers):
-    fake_providers.reply('{"labels": ["urgent", "billing"], "scores": {"billing": 0.7, "urgent": 0.9, "shipping": 0.2}}')
-
-    result = provider(fake_providers).classify(
-        model="m", text="Charged twice, fix it now!", labels=["billing", "urgent", "shipping"], multi_label=True
-    )
-
-    assert result.value.predicted == ["urgent", "billing"] and result.value.multi_label
-    assert [(score.label, score.score) for score in result.value.scores] == [("urgent", 0.9), ("billing", 0.7), ("shipping", 0.2)]
+    assert fake_providers.requests == []
 
 
 @pytest.mark.parametrize(
-    ("reply", "reason"),
+    ("audio", "message"),
     [
-        ("It is about billing.", "not JSON"),
-        ('{"label": "refund", "scores": {"billing": 0.9, "shipping": 0.1}}', "not one of"),
-        ('{"label": "billing", "scores": {"billing": 1.5, "shipping": 0.1}}', "between 0 and 1"),
-        ('{"label": "billing", "scores": {"billing": 0.9}}', "exactly the labels"),
-        ('{"label": "shipping", "scores": {"billing": 0.9, "shipping": 0.1}}', "top score"),
-        ('{"label": "billing"}', "exactly the keys"),
+        (AudioInput(samples=np.zeros(0, np.float32)), "empty"),
+        (AudioInput(samples=np.zeros(16_000, np.float64)), "float32"),
+        (AudioInput(samples=tone(), language="english please"), "code such as 'en'"),
     ],
 )
-def test_classify_refuses_output_that_does_not_validate(fake_providers, reply, reason):
-    fake_providers.reply(reply)
-    with pytest.raises(ProviderBadOutput, match=reason):
-        provider(fake_providers).classify(model="m", text="Charged twice", labels=["billing", "shipping"])
+def test_unusable_audio_is_refused_before_any_call(fake_providers, audio, message):
+    with pytest.raises(InvalidInput, match=message):
+        provider(fake_providers).transcribe(model="whisper-1", audio=audio)
+    assert fake_providers.requests == []
 
 
-def test_multi_label_choices_must_agree_with_the_scores(fake_providers):
-    fake_providers.reply('{"labels": ["shipping"], "scores": {"billing": 0.9, "shipping": 0.2}}')
-    with pytest.raises(ProviderBadOutput, match="scores lower than a label left out"):
-        provider(fake_providers).classify(model="m", text="Charged twice", labels=["billing", "shipping"], multi_label=True)
+def test_a_failed_transcription_is_retried_and_mapped_like_any_call(fake_providers):
+    fake_providers.status(500, times=1)
+    assert provider(fake_providers).transcribe(model="whisper-1", audio=AudioInput(samples=tone())).value.text == DEFAULT_TRANSCRIPT
+    assert len(fake_providers.requests) == 2  # the upload was sent again
+
+    fake_providers.malformed(times=1)
+    with pytest.raises(ProviderBadOutput, match="not valid JSON"):
+        provider(fake_providers, max_retries=0).transcribe(model="whisper-1", audio=AudioInput(samples=tone()))
 
 
 # --- retries and errors --------------------------------------------------------------------------
