@@ -204,6 +204,8 @@ class UsageDaily(models.Model):
     model_slug = models.CharField(max_length=100)
     task = models.CharField(max_length=32)
     unit = models.CharField(max_length=16, blank=True)
+    purpose = models.CharField(max_length=16, default="answer",
+                               help_text="answer: tenants' requests (the budget's); evaluation: shadow evaluation (the allowance's).")
     tier = models.CharField(max_length=16, blank=True)
     is_local = models.BooleanField(default=True)
     requests = models.PositiveIntegerField(default=0, help_text="Attempts recorded (escalations count once each).")
@@ -224,7 +226,7 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage"
         verbose_name_plural = "daily usage"
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "day", "model_slug", "task", "unit"], name="one_usage_row_per_day"),
+            models.UniqueConstraint(fields=["tenant", "day", "model_slug", "task", "unit", "purpose"], name="one_usage_row_per_day"),
         ]
         indexes = [models.Index(fields=["tenant", "day"], name="usage_tenant_day")]
 

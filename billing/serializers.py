@@ -71,6 +71,8 @@ class UsageSumsSerializer(serializers.Serializer):
     mean_latency_ms = serializers.FloatField(allow_null=True)
     local = UsageSplitSerializer(help_text="Served by local models.")
     premium = UsageSplitSerializer(help_text="Served by provider APIs (standard and premium tiers).")
+    evaluation = UsageSplitSerializer(help_text="Shadow evaluation: premium calls that measured local answers, paid from "
+                                                "the evaluation allowance, never the budget; not in the other figures.")
 
 
 class UsageRowSerializer(UsageSumsSerializer):

@@ -20,7 +20,7 @@ from registry.models import ModelSpec
 from routing.models import InferenceRecord
 from tenants.models import Tenant
 
-KEY_FIELDS = ["tenant", "day", "model_slug", "task", "unit"]
+KEY_FIELDS = ["tenant", "day", "model_slug", "task", "unit", "purpose"]
 VALUE_FIELDS = ["tier", "is_local", "requests", "ok", "errors", "rejected", "escalated", "cached",
                 "units_in", "units_out", "cost", "latency_ms_sum", "compute_ms_sum", "updated_at"]
 COUNTERS = ["requests", "ok", "errors", "rejected", "escalated", "cached"]
@@ -81,7 +81,7 @@ def rollup_day(day: date) -> int:
     groups = (
         records.exclude(status=Status.PENDING)
         .order_by()
-        .values("tenant_id", "model_slug", "task", "unit")
+        .values("tenant_id", "model_slug", "task", "unit", "purpose")
         .annotate(
             last_tier=Max("tier"),
             # A deleted model leaves its records without a spec: their tier still tells.
@@ -98,7 +98,7 @@ def rollup_day(day: date) -> int:
             latency_ms_sum=Coalesce(Sum("latency_ms"), Value(0.0), output_field=FloatField()),
             compute_ms_sum=Coalesce(Sum("compute_ms"), Value(0.0), output_field=FloatField()),
         )
-        .order_by("tenant_id", "model_slug", "task", "unit")
+        .order_by("tenant_id", "model_slug", "task", "unit", "purpose")
     )
     rows = [UsageDaily(day=day, tier=group.pop("last_tier") or "", **group) for group in groups]
     if rows:
@@ -124,10 +124,16 @@ def _empty() -> dict[str, Any]:
     return {
         **{name: 0 for name in COUNTERS}, "units": {}, "cost": Decimal("0"), "latency_ms_sum": 0.0,
         "local": {"requests": 0, "cost": Decimal("0")}, "premium": {"requests": 0, "cost": Decimal("0")},
+        "evaluation": {"requests": 0, "cost": Decimal("0")},
     }
 
 
 def _add(into: dict[str, Any], part: dict[str, Any]) -> None:
+    if part["purpose"] == "evaluation":
+        # Shadow evaluation is paid from the evaluation allowance: shown apart, never in what the budget paid.
+        into["evaluation"]["requests"] += part["requests"]
+        into["evaluation"]["cost"] += part["cost"]
+        return
     for name in COUNTERS:
         into[name] += part[name]
     into["cost"] += part["cost"]
@@ -154,6 +160,7 @@ def _public(sums: dict[str, Any]) -> dict[str, Any]:
         "mean_latency_ms": round(sums["latency_ms_sum"] / requests, 2) if requests else None,
         "local": {"requests": sums["local"]["requests"], "cost": money(sums["local"]["cost"])},
         "premium": {"requests": sums["premium"]["requests"], "cost": money(sums["premium"]["cost"])},
+        "evaluation": {"requests": sums["evaluation"]["requests"], "cost": money(sums["evaluation"]["cost"])},
     }
 
 
@@ -166,7 +173,7 @@ def usage_report(*, tenant: Tenant, day_from: date, day_to: date, group_by: str)
     field = GROUP_FIELDS[group_by]
     parts = (
         usage_rows(day_from=day_from, day_to=day_to, tenant=tenant)
-        .order_by().values(field, "unit", "is_local").annotate(**_sums())
+        .order_by().values(field, "unit", "is_local", "purpose").annotate(**_sums())
     )
     totals, groups = _empty(), defaultdict(_empty)
     for part in parts:

@@ -287,3 +287,14 @@ def test_usage_is_described_in_the_schema(api):
     operation = schema["paths"]["/v1/usage"]["get"]
     assert {parameter["name"] for parameter in operation["parameters"]} == {"from", "to", "group_by"}
     assert "200" in operation["responses"]
+
+
+def test_shadow_evaluation_is_reported_apart_and_not_in_what_the_budget_paid(api, alice, march):
+    teacher = record(alice, at(date(2026, 3, 2), hour=13), spec=provider_model("teacher-fake"), unit="tokens",
+                     units_in=30, units_out=5, cost="0.02")
+    InferenceRecord.objects.filter(pk=teacher.pk).update(purpose="evaluation")
+    rollup(date(2026, 3, 2), date(2026, 3, 2))
+    assert UsageDaily.objects.get(model_slug="teacher-fake").purpose == "evaluation"
+    totals = usage(api, alice, **{"from": "2026-03-01", "to": "2026-03-31"}).json()["totals"]
+    assert (totals["requests"], Decimal(totals["cost"])) == (5, Decimal("0.254"))  # as without the evaluation
+    assert totals["evaluation"] == {"requests": 1, "cost": "0.020000000000"}
