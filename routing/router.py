@@ -280,7 +280,11 @@ def _judge(*, spec: ModelSpec, policy: RoutingPolicy, task: str, items: list[Any
         features = quality.features(task, item, value)
         score, scored_by = verdict.confidence, "confidence"
         if weights is not None and features is not None:
-            score, scored_by = weights.predict_one(features), "learned router"
+            seen = features
+            if task == "generation" and weights.encoder.embedding_dim:
+                # A chat router trained on prompt embeddings reads this prompt's too (not kept on the record: 384 floats).
+                seen = features | {"embedding": prompt_embedding(features_text(item))}
+            score, scored_by = weights.predict_one(seen), "learned router"
         below = score is not None and score < policy.confidence_floor
         judged.append(Judged(confidence=verdict.confidence, score=score, problem=verdict.problem,
                              escalate=may_pass_on and bool(verdict.problem or below), features=features, scored_by=scored_by))
@@ -303,6 +307,25 @@ def record_escalation_pairs(task: str, *, teacher: InferenceRecord, pairs: list[
          for local, values in by_record.values()],
         ignore_conflicts=True,
     )
+
+
+def features_text(item: Any) -> str:
+    return "\n".join(message.content for message in item.messages)
+
+
+def prompt_embedding(text: str) -> list[float] | None:
+    """The prompt embedded by the first enabled local embeddings model (MiniLM in the starter pack),
+    for the learned router of chat; None when there is none or it fails (the router treats it as missing)."""
+    spec = configuration.remember(("prompt-embedder",), lambda: ModelSpec.objects.filter(
+        task="embeddings", enabled=True).exclude(source_kind=ModelSpec.SourceKind.PROVIDER).order_by("slug").first())
+    if spec is None:
+        return None
+    try:
+        ensure_prepared(spec)
+        return [float(x) for x in get_pool().infer(spec.to_config(), text, timeout=10).vector]
+    except (InferenceError, ValidationError, OSError) as exc:
+        logger.warning("prompt embedding skipped", extra={"model": spec.slug, "error": str(exc)})
+        return None
 
 
 def learned_weights(policy: RoutingPolicy) -> Any:

@@ -162,3 +162,17 @@ def test_the_reaper_frees_an_abandoned_evaluation_hold_on_the_allowance_not_the_
     assert reap_abandoned() == 1
     allowance.refresh_from_db()
     assert allowance.reserved == 0 and Budget.objects.get(tenant=alice.tenant).reserved == 0
+
+
+def test_a_judged_chat_answer_keeps_its_prompts_embedding_for_the_learned_router(api, alice, chat_model, fake_providers):
+    premium("gpt-fake", "generation", fake_providers)
+    policy = chat_policy(alice.tenant, "tiny-chat", "gpt-fake", threshold=0.99)
+    RoutingPolicy.objects.filter(pk=policy.pk).update(shadow_rate=1.0, confidence_floor=0.0)
+    post(api, "/v1/chat/completions", {"messages": [{"role": "user", "content": "capital of France?"}], "max_tokens": 8},
+         alice, HTTP_X_REQUEST_ID="shadow-embed")
+    [local] = records("shadow-embed")
+    assert "embedding" not in local.features[0]  # not on every record: 384 floats
+    fake_providers.replies("Paris.", json.dumps({"agreement": 1}))
+    run_queued()
+    local.refresh_from_db()
+    assert len(local.features[0]["embedding"]) == 384 and local.features[0]["top1"] is not None

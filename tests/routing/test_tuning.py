@@ -201,3 +201,29 @@ def test_a_learned_router_that_is_not_better_is_refused(lid_policy):
 def test_too_few_labelled_records_fit_no_router(lid_policy):
     labelled(lid_policy, miscalibrated(n=20))
     assert tuning.fit_router(lid_policy) is None and not LearnedRouter.objects.exists()
+
+
+def test_a_chat_router_trained_on_prompt_embeddings_scores_a_request_with_its_prompts_embedding(api, alice, chat_model):
+    from routing import learned
+    from routing.router import prompt_embedding
+    from tests.routing.conftest import post, records
+    from tests.routing.test_premium_routing import chat_policy
+
+    rng = random.Random(5)
+    rows, agreed = [], []
+    for _ in range(120):
+        vector = [rng.gauss(0, 1) for _ in range(384)]
+        rows.append({"top1": rng.random(), "length": 20, "words": 4, "script": "Latin", "label": None, "embedding": vector})
+        agreed.append(vector[0] > 0)  # only the embedding tells
+    weights = learned.fit(rows, agreed)
+    policy = chat_policy(alice.tenant, "tiny-chat", threshold=0.99)
+    router = LearnedRouter.objects.create(policy=policy, version=1, weights=weights.to_json(), trained_on=120, held_out=0,
+                                          apgr=1.0, baseline_apgr=0.5, accepted=True)
+    RoutingPolicy.objects.filter(pk=policy.pk).update(learned_router=router, confidence_floor=0.0)
+    configuration.forget()
+    post(api, "/v1/chat/completions", {"messages": [{"role": "user", "content": "capital of France?"}], "max_tokens": 8},
+         alice, HTTP_X_REQUEST_ID="chat-embedded")
+    [record] = records("chat-embedded")
+    expected = weights.predict_one(record.features[0] | {"embedding": prompt_embedding("capital of France?")})
+    assert record.score == pytest.approx(expected) and record.score != pytest.approx(weights.predict_one(record.features[0]))
+    assert "embedding" not in record.features[0]
