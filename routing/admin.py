@@ -88,17 +88,18 @@ class RoutingPolicyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Lock: the tuner leaves their floors alone")
     def lock(self, request: HttpRequest, queryset: QuerySet[RoutingPolicy]) -> None:
-        for policy in queryset:
-            policy.locked = True
-            policy.save(update_fields=["locked", "updated_at"])
-        self.message_user(request, f"{queryset.count()} policies locked.")
+        self._set_locked(request, queryset, True)
 
     @admin.action(description="Unlock")
     def unlock(self, request: HttpRequest, queryset: QuerySet[RoutingPolicy]) -> None:
+        self._set_locked(request, queryset, False)
+
+    def _set_locked(self, request: HttpRequest, queryset: QuerySet[RoutingPolicy], locked: bool) -> None:
+        # save() per policy: the routing configuration cache of this process forgets it at once.
         for policy in queryset:
-            policy.locked = False
+            policy.locked = locked
             policy.save(update_fields=["locked", "updated_at"])
-        self.message_user(request, f"{queryset.count()} policies unlocked.")
+        self.message_user(request, f"{queryset.count()} policies {'locked' if locked else 'unlocked'}.")
 
     @admin.action(description="Tune now")
     def tune_now(self, request: HttpRequest, queryset: QuerySet[RoutingPolicy]) -> None:

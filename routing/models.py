@@ -161,7 +161,8 @@ class InferenceRecord(models.Model):
     threshold = models.FloatField(null=True, blank=True, help_text="The complexity threshold in force (chat).")
     score = models.FloatField(null=True, blank=True, help_text="The routing score the floor was applied to (the weakest "
                                                               "kept item's): the confidence, or the learned router's probability.")
-    features = models.JSONField(null=True, blank=True, help_text="Per item: what the learned router reads (top-1, margin, length, script, label).")
+    features = models.JSONField(null=True, blank=True, help_text="What the learned router reads of the weakest item "
+                                                                  "(top-1, margin, length, script, label).")
     escalation_cause = models.CharField(max_length=16, choices=EscalationCause.choices, blank=True)
     items_escalated = models.PositiveIntegerField(default=0, help_text="Items of this attempt passed on to the next candidate.")
     purpose = models.CharField(max_length=16, choices=Purpose.choices, default=Purpose.ANSWER)

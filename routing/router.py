@@ -215,7 +215,7 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
         # The record keeps its weakest item's confidence and score: the one its routing turned on.
         weakest = min(judged, key=lambda item: item.sort_key)
         fields = dict(values=outcome.values, outcome=outcome, cost=cost, confidence=weakest.confidence,
-                      score=weakest.score, features=[item.features for item in judged] if spec.is_local else None,
+                      score=weakest.score, features=weakest.read(task, batch) if spec.is_local else None,
                       items_escalated=len(escalate))
         if escalate:
             weakest_escalated = min((judged[j] for j in escalate), key=lambda item: item.sort_key)
@@ -252,17 +252,24 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
 class Judged:
     """One item's verdict: its confidence, the score the floor applies to, and whether it escalates."""
 
+    index: int
+    value: Any
     confidence: float | None
     score: float | None
     problem: str | None
     escalate: bool
-    features: dict[str, Any] | None
+    features: dict[str, Any] | None = None  # read only where a learned router scores the items
     scored_by: str = "confidence"  # or "learned router"
 
     @property
     def sort_key(self) -> tuple[int, float]:
         # The weakest first: a problem, then the lowest score; items without a score last.
         return (0 if self.problem else 1, self.score if self.score is not None else math.inf)
+
+    def read(self, task: str, items: list[Any]) -> dict[str, Any] | None:
+        """What the learned router reads of this item: the record keeps its weakest item's (what a router
+        is trained on), read once per request rather than once per item of a large batch."""
+        return self.features if self.features is not None else quality.features(task, items[self.index], self.value)
 
 
 def _judge(*, spec: ModelSpec, policy: RoutingPolicy, task: str, items: list[Any], values: list[Any],
@@ -272,12 +279,13 @@ def _judge(*, spec: ModelSpec, policy: RoutingPolicy, task: str, items: list[Any
         verdicts = _check_output_language(items, values, verdicts)
     judged = []
     weights = learned_weights(policy) if spec.is_local else None
-    for item, value, verdict in zip(items, values, verdicts):
+    for index, (item, value, verdict) in enumerate(zip(items, values, verdicts)):
         if not spec.is_local:
             # A premium answer has no calibrated confidence: none is recorded rather than a made-up one.
-            judged.append(Judged(confidence=None, score=None, problem=verdict.problem, escalate=False, features=None))
+            judged.append(Judged(index=index, value=value, confidence=None, score=None, problem=verdict.problem,
+                                 escalate=False))
             continue
-        features = quality.features(task, item, value)
+        features = quality.features(task, item, value) if weights is not None else None
         score, scored_by = verdict.confidence, "confidence"
         if weights is not None and features is not None:
             seen = features
@@ -286,7 +294,7 @@ def _judge(*, spec: ModelSpec, policy: RoutingPolicy, task: str, items: list[Any
                 seen = features | {"embedding": prompt_embedding(features_text(item))}
             score, scored_by = weights.predict_one(seen), "learned router"
         below = score is not None and score < policy.confidence_floor
-        judged.append(Judged(confidence=verdict.confidence, score=score, problem=verdict.problem,
+        judged.append(Judged(index=index, value=value, confidence=verdict.confidence, score=score, problem=verdict.problem,
                              escalate=may_pass_on and bool(verdict.problem or below), features=features, scored_by=scored_by))
     return judged
 

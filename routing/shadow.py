@@ -94,14 +94,13 @@ def evaluate(record_id: str, teacher_slug: str, items: list[Any], values: list[A
     charged = billing.settle_evaluation(allowance, estimate, cost)
     complete(record, status=InferenceRecord.Status.OK, values=outcome.values, outcome=outcome, cost=charged)
     value = sum(scores) / len(scores) if scores else 0.0
-    if judging and local.features:
+    if judging and isinstance(local.features, dict):
         # A labelled chat answer keeps its prompt's embedding: what a learned chat router trains on.
         from routing.router import features_text, prompt_embedding  # the router samples through this module
 
         embedding = prompt_embedding(features_text(items[0]))
         if embedding is not None:
-            features = [dict(local.features[0], embedding=embedding), *local.features[1:]]
-            InferenceRecord.objects.filter(pk=local.pk).update(features=features)
+            InferenceRecord.objects.filter(pk=local.pk).update(features=local.features | {"embedding": embedding})
     try:
         QualitySignal.objects.create(record=local, source=QualitySignal.Source.SHADOW, agreement=value, teacher=record,
                                      detail=f"{len(scores)} item(s) compared with {teacher.slug}")

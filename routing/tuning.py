@@ -115,7 +115,7 @@ def labelled_examples(policy: RoutingPolicy, *, since: datetime, until: datetime
         label = next(source for source in LABEL_PRECEDENCE if source in sources)
         agreement, _, confidence, features, cost = sources[label]
         premium_cost = next((entry[1] for entry in sources.values() if entry[1] is not None), mean_teacher)
-        examples.append(Example(record_id=record_id, confidence=confidence, features=_weakest(features),
+        examples.append(Example(record_id=record_id, confidence=confidence, features=features if isinstance(features, dict) else None,
                                 agreement=agreement, weight=weight, local_cost=cost, premium_cost=premium_cost))
         by_source[label] = by_source.get(label, 0) + 1
     return examples, by_source, local.count(), left_out
@@ -143,15 +143,6 @@ def labelled_window(policy: RoutingPolicy, *, days: float, now: datetime | None 
     examples, by_source, records, left_out = labelled_examples(policy, since=since, until=until)
     return Window(policy=policy, since=since, until=until, items=scored(examples, learned_weights(policy)),
                   by_source=by_source, records=records, unused=left_out)
-
-
-def _weakest(features: Any) -> dict[str, Any] | None:
-    if not features:
-        return None
-    if isinstance(features, dict):
-        return features
-    present = [item for item in features if isinstance(item, dict)]
-    return min(present, key=lambda item: item.get("top1") if item.get("top1") is not None else 1.0) if present else None
 
 
 def evaluate(policy: RoutingPolicy, *, days: float | None = None, now: datetime | None = None) -> Evaluation:

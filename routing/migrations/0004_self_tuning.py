@@ -68,7 +68,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='inferencerecord',
             name='features',
-            field=models.JSONField(blank=True, help_text='Per item: what the learned router reads (top-1, margin, length, script, label).', null=True),
+            field=models.JSONField(blank=True, help_text='What the learned router reads of the weakest item (top-1, margin, length, script, label).', null=True),
         ),
         migrations.AddField(
             model_name='inferencerecord',

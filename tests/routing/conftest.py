@@ -12,6 +12,7 @@ from registry import services
 from registry.models import ModelSpec
 from routing.models import InferenceRecord
 from tests.inference.tiny_generation import build_tiny_chat_model
+from tests.inference.tiny_translation import build_tiny_nllb
 from tests.routing.fake_providers import fake_providers  # noqa: F401  (a fixture for every routing test)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "audio"
@@ -59,3 +60,16 @@ def hesitant(starter) -> ModelSpec:
         source_kind="package", source=base.source, dependencies={"embeddings": "minilm-l6"},
         options={"temperature": 50.0}, price_per_compute_second=base.price_per_compute_second,
     )
+
+
+@pytest.fixture(scope="module")
+def nllb_dir(tmp_path_factory):
+    """A tiny NLLB-style translator, converted to CTranslate2 once per module."""
+    return build_tiny_nllb(tmp_path_factory.mktemp("nllb"))
+
+
+@pytest.fixture
+def translator(starter, nllb_dir, settings) -> ModelSpec:
+    settings.MODELGATE_MODEL_ROOTS = [str(nllb_dir.parent)]
+    return ModelSpec.objects.create(slug="tiny-nllb", display_name="tiny", task="translation",
+                                    backend="ctranslate2-translator", source_kind="path", source=str(nllb_dir))

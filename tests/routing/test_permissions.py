@@ -16,13 +16,11 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from billing.models import Alert, Budget
 from embeddings import ingestion
 from embeddings.models import Collection, Document, IngestionJob, SearchRecord
-from registry.models import ModelSpec
 from routing.models import InferenceRecord
 from tenants.models import ApiKey
 from tests.conftest import Caller
 from tests.embeddings.conftest import collection, cross_encoder_dir, minilm, reranker  # noqa: F401  (fixtures)
 from tests.embeddings.conftest import topic_documents
-from tests.inference.tiny_translation import build_tiny_nllb
 from tests.routing.conftest import audio_file, post
 from tests.routing.test_chat_completions import FRANCE
 
@@ -165,18 +163,6 @@ MATRIX = [
     Row("get", "v1/alerts", 401, 200, 403, None, "no body"),
     Row("get", "v1/usage", 401, 200, 403, None, "no body: the current month by day"),
 ]
-
-
-@pytest.fixture(scope="module")
-def nllb_dir(tmp_path_factory):
-    return build_tiny_nllb(tmp_path_factory.mktemp("nllb"))
-
-
-@pytest.fixture
-def translator(starter, nllb_dir, settings) -> ModelSpec:
-    settings.MODELGATE_MODEL_ROOTS = [str(nllb_dir.parent)]
-    return ModelSpec.objects.create(slug="tiny-nllb", display_name="tiny", task="translation",
-                                    backend="ctranslate2-translator", source_kind="path", source=str(nllb_dir))
 
 
 @pytest.fixture

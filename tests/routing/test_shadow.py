@@ -171,8 +171,8 @@ def test_a_judged_chat_answer_keeps_its_prompts_embedding_for_the_learned_router
     post(api, "/v1/chat/completions", {"messages": [{"role": "user", "content": "capital of France?"}], "max_tokens": 8},
          alice, HTTP_X_REQUEST_ID="shadow-embed")
     [local] = records("shadow-embed")
-    assert "embedding" not in local.features[0]  # not on every record: 384 floats
+    assert "embedding" not in local.features  # not on every record: 384 floats
     fake_providers.replies("Paris.", json.dumps({"agreement": 1}))
     run_queued()
     local.refresh_from_db()
-    assert len(local.features[0]["embedding"]) == 384 and local.features[0]["top1"] is not None
+    assert len(local.features["embedding"]) == 384 and local.features["top1"] is not None

@@ -8,20 +8,7 @@ import pytest
 
 from registry.models import ModelSpec
 from routing.models import InferenceRecord, RoutingPolicy
-from tests.inference.tiny_translation import build_tiny_nllb
 from tests.routing.conftest import post, records
-
-
-@pytest.fixture(scope="module")
-def nllb_dir(tmp_path_factory):
-    return build_tiny_nllb(tmp_path_factory.mktemp("nllb"))
-
-
-@pytest.fixture
-def translator(starter, nllb_dir, settings) -> ModelSpec:
-    settings.MODELGATE_MODEL_ROOTS = [str(nllb_dir.parent)]
-    return ModelSpec.objects.create(slug="tiny-nllb", display_name="tiny", task="translation",
-                                    backend="ctranslate2-translator", source_kind="path", source=str(nllb_dir))
 
 
 def test_translate_detects_the_source_when_absent_and_records_both_inferences(api, alice, translator):

@@ -39,7 +39,7 @@ def labelled(policy, examples, *, source=QualitySignal.Source.SHADOW, teacher_co
     records = InferenceRecord.objects.bulk_create([
         InferenceRecord(tenant_id=policy.tenant_id, task=policy.task, model_slug="lid-176", tier="local", status="ok",
                         policy=policy, floor=policy.confidence_floor, confidence=example[0], score=example[0],
-                        features=[example[2]] if len(example) > 2 else None, created_at=created)
+                        features=example[2] if len(example) > 2 else None, created_at=created)
         for example in examples
     ])
     QualitySignal.objects.bulk_create([
@@ -224,6 +224,6 @@ def test_a_chat_router_trained_on_prompt_embeddings_scores_a_request_with_its_pr
     post(api, "/v1/chat/completions", {"messages": [{"role": "user", "content": "capital of France?"}], "max_tokens": 8},
          alice, HTTP_X_REQUEST_ID="chat-embedded")
     [record] = records("chat-embedded")
-    expected = weights.predict_one(record.features[0] | {"embedding": prompt_embedding("capital of France?")})
-    assert record.score == pytest.approx(expected) and record.score != pytest.approx(weights.predict_one(record.features[0]))
-    assert "embedding" not in record.features[0]
+    expected = weights.predict_one(record.features | {"embedding": prompt_embedding("capital of France?")})
+    assert record.score == pytest.approx(expected) and record.score != pytest.approx(weights.predict_one(record.features))
+    assert "embedding" not in record.features
