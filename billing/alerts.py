@@ -199,7 +199,7 @@ def _webhook(alert: Alert, body: dict[str, object]) -> str:
             response = post_pinned(
                 budget.webhook_url, address, content=raw,
                 headers={"content-type": "application/json", "user-agent": "Modelgate-Alerts/1",
-                         "x-modelgate-event": "budget.threshold_crossed", "x-modelgate-timestamp": timestamp,
+                         "x-modelgate-event": str(body["type"]), "x-modelgate-timestamp": timestamp,
                          "x-modelgate-signature": sign(secret, timestamp, raw)},
             )
             if 200 <= response.status_code < 300:

@@ -234,7 +234,7 @@ class InferenceRecordAdmin(admin.ModelAdmin):
     def _review(self, request: HttpRequest, queryset: QuerySet[InferenceRecord], agreement: float) -> None:
         operator = request.user.get_username()
         done = 0
-        for record in queryset.only("pk"):
+        for record in queryset.select_related(None).only("pk"):
             QualitySignal.objects.update_or_create(
                 record=record, source=QualitySignal.Source.OPERATOR,
                 defaults={"agreement": agreement, "created_by": operator, "created_at": timezone.now()},

@@ -68,7 +68,8 @@ def check(policy: RoutingPolicy, *, now: datetime | None = None) -> DriftReport:
 
     report.agreement = (agreement(reference), agreement(recent))
     before, after = report.agreement
-    if before is not None and after is not None and before - after >= AGREEMENT_DROP:
+    # Rounded: 0.90 − 0.80 is 0.0999… in floating point, and a drop of a tenth is a drift.
+    if before is not None and after is not None and round(before - after, 9) >= AGREEMENT_DROP:
         report.findings.append(f"agreement with premium fell from {before:.2f} to {after:.2f}")
 
     for slug in sorted(set(recent.values_list("model_slug", flat=True).distinct())):
