@@ -87,7 +87,7 @@ class _GenerationBackend(Backend):
         """One model call for items that share max_tokens and temperature."""
 
     @abstractmethod
-    def _stream_ids(self, prompt: list[int], item: GenerationInput) -> Generator[int, None, None]:
+    def _stream_ids(self, prompt: list[int], item: GenerationInput, logprobs: list[float]) -> Generator[int, None, None]:
         """Generated token ids one at a time (the end token included); closing it stops the model."""
 
     # --- the contract ----------------------------------------------------------------------
@@ -186,7 +186,8 @@ class _GenerationBackend(Backend):
         self.require_loaded()
         prompt = self.prompt_ids(item)
         detokenizer = _Detokenizer(self.tokenizer, item.stop)
-        token_ids = self._stream_ids(prompt, item)
+        logprobs: list[float] = []  # filled by backends that report each token's log-probability
+        token_ids = self._stream_ids(prompt, item, logprobs)
         try:
             for token_id in token_ids:
                 piece = detokenizer.add(token_id)
@@ -196,7 +197,8 @@ class _GenerationBackend(Backend):
                     break
         finally:
             token_ids.close()
-        result = self._complete(len(prompt), detokenizer.ids, item)
+        result = self._complete(len(prompt), detokenizer.ids, item,
+                                mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None)
         rest = result.text[detokenizer.released :]
         if rest:
             yield rest
@@ -277,12 +279,14 @@ class CTranslate2Generator(_GenerationBackend):
             for prompt, item, result in zip(prompts, items, results)
         ]
 
-    def _stream_ids(self, prompt: list[int], item: GenerationInput) -> Generator[int, None, None]:
+    def _stream_ids(self, prompt: list[int], item: GenerationInput, logprobs: list[float]) -> Generator[int, None, None]:
         steps = self.generator.generate_tokens(
-            self.tokenizer.convert_ids_to_tokens(prompt), max_length=item.max_tokens, **self._settings(float(item.temperature))
+            self.tokenizer.convert_ids_to_tokens(prompt), max_length=item.max_tokens, return_log_prob=True,
+            **self._settings(float(item.temperature)),
         )
         try:
             for step in steps:
+                logprobs.append(step.log_prob)
                 yield step.token_id
         finally:
             steps.close()  # tells CTranslate2 to stop decoding
@@ -353,7 +357,7 @@ class TransformersGenerator(_GenerationBackend):
             generations.append(self._complete(len(prompt), ids[:end], item))
         return generations
 
-    def _stream_ids(self, prompt: list[int], item: GenerationInput) -> Generator[int, None, None]:
+    def _stream_ids(self, prompt: list[int], item: GenerationInput, logprobs: list[float]) -> Generator[int, None, None]:
         import torch
         from transformers import StoppingCriteriaList
 

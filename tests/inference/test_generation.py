@@ -1,6 +1,7 @@
 """The generation backends (CTranslate2 int8 and transformers) on a tiny chat model trained by the test itself."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -69,12 +70,17 @@ def reply_length(tokenizer, question: str) -> int:
 def test_it_answers_through_the_chat_template_with_real_token_counts(pool, config, tokenizer):
     answer = pool.infer(config, ask(FRANCE, max_tokens=32))
 
-    assert answer == Generation(
+    assert dataclasses.replace(answer, mean_logprob=None) == Generation(
         text=REPLIES[FRANCE],
         tokens_in=prompt_length(tokenizer, FRANCE),
         tokens_out=reply_length(tokenizer, FRANCE) + 1,  # the end-of-turn token is generated too
         finish_reason="stop",
     )
+    if config.backend == "ctranslate2-generator":
+        # The answer's confidence: the mean log-probability of its tokens; a learned reply is a sure one.
+        assert -1.0 < answer.mean_logprob <= 0.0
+    else:
+        assert answer.mean_logprob is None
 
 
 def test_it_stops_at_max_tokens_with_finish_reason_length(pool, config, tokenizer):
@@ -184,7 +190,11 @@ def test_streamed_pieces_join_into_the_greedy_answer(pool, config):
         expected = pool.infer(config, item)
         assert len(pieces) > 1
         assert "".join(pieces) == expected.text
-        assert stream.result == expected  # same text, token counts and finish reason
+        # Same text, token counts, finish reason and confidence.
+        assert dataclasses.replace(stream.result, mean_logprob=None) == dataclasses.replace(expected, mean_logprob=None)
+        assert (stream.result.mean_logprob is None) == (expected.mean_logprob is None)
+        if expected.mean_logprob is not None:
+            assert stream.result.mean_logprob == pytest.approx(expected.mean_logprob, abs=1e-4)
 
 
 def test_a_stream_can_be_closed_early(pool, config):
