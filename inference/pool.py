@@ -220,6 +220,20 @@ class ModelPool:
         validated = [model.backend.validate(item) for item in items]
         return [model.submit(item) for item in validated]
 
+    def stream(self, config: ModelConfig, item: Any) -> Any:
+        """A GenerationStream of the model's pieces (validated first: InvalidInput raises here)."""
+        backend = self.get(config).backend
+        return backend.stream(backend.validate(item))
+
+    def load(self, config: ModelConfig) -> dict[str, Any]:
+        """Load the model now (if it is not loaded); returns its statistics."""
+        self.get(config)
+        return self.stats(config.slug)
+
+    def probe_input(self, config: ModelConfig) -> Any:
+        """The model's own warm-up input: what health checks and benchmarks send it."""
+        return self.get(config).backend.warmup_input()
+
     def _result(self, future: Future, config: ModelConfig, timeout: float | None) -> Any:
         try:
             return future.result(timeout=timeout)

@@ -134,7 +134,7 @@ class Walk:
         self.cause = plan.cause
         self.previous: InferenceRecord | None = None
         self.attempts: list[InferenceRecord] = []
-        self.last_error = ""
+        self.last_error, self.last_code = "", ""
         self.budget = budget_of(key.tenant)
 
     def __iter__(self) -> Iterator[tuple[ModelSpec, Hold, InferenceRecord, bool]]:
@@ -167,7 +167,7 @@ class Walk:
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
             release(held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
-            self.last_error = f"{spec.slug}: {message}"
+            self.last_error, self.last_code = f"{spec.slug}: {message}", code
             self.pass_on(record, f"fallback after {spec.slug} failed ({code})", InferenceRecord.EscalationCause.ERROR)
             logger.warning("candidate failed", extra={"model": spec.slug, "code": code})
             return
@@ -178,7 +178,10 @@ class Walk:
     def pass_on(self, record: InferenceRecord, reason: str, cause: str) -> None:
         self.reason, self.previous, self.cause = reason, record, cause
 
-    def exhausted(self) -> UpstreamFailed:
+    def exhausted(self) -> ApiError:
+        if self.last_code == "model_server_unavailable":
+            # The models' process is gone (restarting): nobody can serve this now, a 503 to retry.
+            return NoModelAvailable(f"No model server can serve this now; retry shortly. ({self.last_error})")
         return UpstreamFailed(f"Every candidate model failed; last: {self.last_error}" if self.last_error
                               else "Every candidate model failed.")
 

@@ -26,8 +26,7 @@ def _open(spec: Any, item: GenerationInput, tenant: Any) -> Any:
     """A stream of text pieces whose `.result` is the final Generation (local or premium)."""
     if spec.is_local:
         ensure_prepared(spec)
-        backend = get_pool().get(spec.to_config()).backend
-        return backend.stream(backend.validate(item))
+        return get_pool().stream(spec.to_config(), item)
     from routing.premium import open_premium_stream
 
     return open_premium_stream(spec=spec, item=item, tenant=tenant)

@@ -1,6 +1,7 @@
 """Modelgate settings: everything configurable comes from the environment, read strictly."""
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from pathlib import Path
@@ -185,6 +186,14 @@ MODELGATE_MODEL_ROOTS = env_list("MODELGATE_MODEL_ROOTS", [])
 MODELGATE_MODEL_MEMORY_MB = env_int("MODELGATE_MODEL_MEMORY_MB", 6144, min_value=64)
 MODELGATE_AUDIO_MAX_SECONDS = env_int("MODELGATE_AUDIO_MAX_SECONDS", 600, min_value=1, max_value=4 * 3600)
 MODELGATE_BATCHING = env_bool("MODELGATE_BATCHING", True)
+# Model servers (unix:///path or tcp://host:port) that hold the models for this process; empty: the
+# process holds its own pool. A TCP model server needs the shared secret.
+MODELGATE_MODEL_SERVERS = env_list("MODELGATE_MODEL_SERVERS", [])
+for _address in MODELGATE_MODEL_SERVERS:
+    if not re.match(r"^unix:///\S+$|^tcp://[^\s:/]+:\d{1,5}$", _address):
+        raise ImproperlyConfigured(f"MODELGATE_MODEL_SERVERS items are unix:///path or tcp://host:port; got {_address!r}.")
+MODELGATE_MODEL_SERVER_SECRET = env_str("MODELGATE_MODEL_SERVER_SECRET") or None
+MODELGATE_MODEL_SERVER_SOCKET = env_path("MODELGATE_MODEL_SERVER_SOCKET", DATA_DIR / "modelserver.sock")
 # Convert/assemble starter weights in the background at start, rather than on their first request.
 MODELGATE_PREPARE_MODELS_ON_START = env_bool("MODELGATE_PREPARE_MODELS_ON_START", True)
 
@@ -228,7 +237,8 @@ MODELGATE_INGEST_CHUNK_DOCUMENTS = env_int("MODELGATE_INGEST_CHUNK_DOCUMENTS", 1
 MODELGATE_BIND = env_str("MODELGATE_BIND", "127.0.0.1:8000")
 if not re.match(r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$", MODELGATE_BIND):
     raise ImproperlyConfigured(f"MODELGATE_BIND must be host:port; got {MODELGATE_BIND!r}.")
-MODELGATE_WEB_WORKERS = env_int("MODELGATE_WEB_WORKERS", 1, min_value=1, max_value=64)
+# Web workers hold no models (the model server does): one per core by default.
+MODELGATE_WEB_WORKERS = env_int("MODELGATE_WEB_WORKERS", os.cpu_count() or 1, min_value=1, max_value=64)
 # Threads of one worker share its model pool, which is what lets concurrent requests batch.
 MODELGATE_WEB_THREADS = env_int("MODELGATE_WEB_THREADS", 8, min_value=1, max_value=256)
 

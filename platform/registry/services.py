@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from inference.errors import InferenceError
+from inference.client import RemotePool
 from inference.pool import ModelPool
 from registry.models import ModelSpec, package_dir
 
@@ -24,12 +25,16 @@ _pool: ModelPool | None = None
 _pool_lock = threading.Lock()
 
 
-def get_pool() -> ModelPool:
-    """The process's one model pool: web threads share it, which is what lets their requests batch."""
+def get_pool() -> ModelPool | RemotePool:
+    """The process's models: a model server's (MODELGATE_MODEL_SERVERS), which every web worker of the
+    machine shares, or a pool of its own. Either way threads share it, which lets their requests batch."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ModelPool(memory_budget_mb=settings.MODELGATE_MODEL_MEMORY_MB, batching=settings.MODELGATE_BATCHING)
+            if settings.MODELGATE_MODEL_SERVERS:
+                _pool = RemotePool(settings.MODELGATE_MODEL_SERVERS[0], secret=settings.MODELGATE_MODEL_SERVER_SECRET)
+            else:
+                _pool = ModelPool(memory_budget_mb=settings.MODELGATE_MODEL_MEMORY_MB, batching=settings.MODELGATE_BATCHING)
         return _pool
 
 
@@ -78,11 +83,10 @@ def load_model(*, spec: ModelSpec) -> CheckResult:
     started = time.perf_counter()
     try:
         ensure_prepared(spec)
-        pool.get(spec.to_config())
+        stats = pool.load(spec.to_config())
     except (InferenceError, ValidationError, OSError) as exc:
         _record(spec, ok=False, error=_message(exc))
         return CheckResult(False, None, _message(exc))
-    stats = pool.stats(spec.slug)
     ModelSpec.objects.filter(pk=spec.pk).update(load_seconds=stats["load_seconds"], memory_mb=stats["memory_mb"], last_error="")
     return CheckResult(True, (time.perf_counter() - started) * 1000, f"loaded in {stats['load_seconds']:.1f}s, ~{stats['memory_mb']:.0f} MB")
 
@@ -101,7 +105,7 @@ def health_check(*, spec: ModelSpec) -> CheckResult:
     pool = get_pool()
     try:
         config = spec.to_config()
-        probe = pool.get(config).backend.warmup_input()
+        probe = pool.probe_input(config)
         started = time.perf_counter()
         if probe is not None:
             pool.infer(config, probe, timeout=120)
@@ -118,7 +122,7 @@ def bench_model(*, spec: ModelSpec, requests: int = 32) -> dict[str, Any]:
     pool = get_pool()
     load_model(spec=spec)
     config = spec.to_config()
-    probe = pool.get(config).backend.warmup_input()
+    probe = pool.probe_input(config)
     if probe is None:
         raise ValidationError(f"{spec.slug} has no built-in probe input to benchmark with.")
     latencies = []

@@ -1,7 +1,10 @@
-"""`make run`: migrate, bootstrap, then supervise the web server and the task cluster until Ctrl-C.
+"""`make run`: migrate, bootstrap, then supervise the model server, the web server and the task cluster
+until Ctrl-C.
 
-Stopping (Ctrl-C, SIGTERM or `make stop`) ends the children and, when it is the embedded one,
-the database as well, so nothing keeps running in the background.
+The model server holds the machine's models for every web worker; when it dies (a model crashed or ran
+out of memory) the web tier keeps answering (503 for local models) and the supervisor starts it again.
+Stopping (Ctrl-C, SIGTERM or `make stop`) ends the children and, when it is the embedded one, the
+database as well, so nothing keeps running in the background.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from config.db import stop_embedded
 
 READY_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 40
+MODELS_READY_SECONDS = 60
+RESTART_BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30)  # between restarts of a model server that keeps dying
 
 
 def _pidfile() -> Path:
@@ -57,6 +62,8 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=settings.MODELGATE_WEB_WORKERS)
         parser.add_argument("--threads", type=int, default=settings.MODELGATE_WEB_THREADS)
         parser.add_argument("--no-qcluster", action="store_true", help="Do not start the task cluster here.")
+        parser.add_argument("--no-modelserver", action="store_true",
+                            help="Do not start a model server here (MODELGATE_MODEL_SERVERS names the ones to use).")
         parser.add_argument("--stop", action="store_true", help="Stop a running `serve` and the embedded database.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -79,18 +86,38 @@ class Command(BaseCommand):
         stopping: list[int] = []
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda number, frame: stopping.append(number))
-        children = self._start_children(options)
+        models = None
+        if not options["no_modelserver"] and not settings.MODELGATE_MODEL_SERVERS:
+            models = f"unix://{settings.MODELGATE_MODEL_SERVER_SOCKET}"
+        children: dict[str, subprocess.Popen[bytes]] = {}
         exit_code = 0
         try:
+            if models:
+                children["models"] = self._start_models(models)
+                self._wait_models(models, children["models"], stopping)
+            children.update(self._start_children(options, models=models))
             if self._wait_ready(base_url, children, stopping):
                 self.stdout.write(self.style.SUCCESS(f"\nModelgate is ready at {base_url}/  (Ctrl-C stops it)"))
                 self.stdout.write(first_run.getvalue())
+            restarts = 0
             while not stopping:
                 crashed = [name for name, proc in children.items() if proc.poll() is not None]
+                if crashed == ["models"]:
+                    # A model that crashes or runs out of memory takes down the model server, not the web
+                    # tier: start it again (web workers answer 503 for local models meanwhile).
+                    pause = RESTART_BACKOFF_SECONDS[min(restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
+                    self.stderr.write(f"The model server exited ({children['models'].returncode}); "
+                                      f"restarting it in {pause}s.")
+                    time.sleep(pause)
+                    children["models"] = self._start_models(models)
+                    restarts += 1
+                    continue
                 if crashed:
                     self.stderr.write(f"{', '.join(crashed)} exited unexpectedly; stopping everything.")
                     exit_code = 1
                     break
+                if restarts and children.get("models") and self._models_answer(models):
+                    restarts = 0  # up again: the next crash starts its backoff afresh
                 time.sleep(0.5)
         finally:
             self._stop_children(children)
@@ -102,9 +129,39 @@ class Command(BaseCommand):
         if exit_code:
             sys.exit(exit_code)
 
-    def _start_children(self, options: dict[str, Any]) -> dict[str, subprocess.Popen[bytes]]:
+    def _env(self, models: str | None) -> dict[str, str]:
         base = settings.BASE_DIR
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(base / "platform"), os.environ.get("PYTHONPATH")]))}
+        if models:
+            env["MODELGATE_MODEL_SERVERS"] = models  # the web workers and the task cluster use this machine's
+        return env
+
+    def _start_models(self, address: str) -> subprocess.Popen[bytes]:
+        base = settings.BASE_DIR
+        return subprocess.Popen([sys.executable, str(base / "manage.py"), "modelserver", "--address", address],
+                                cwd=base, env=self._env(None), start_new_session=True)
+
+    def _models_answer(self, address: str | None) -> bool:
+        from inference.client import ModelServerUnavailable, RemotePool
+
+        try:
+            RemotePool(address, connect_timeout=1).ping()
+            return True
+        except ModelServerUnavailable:
+            return False
+
+    def _wait_models(self, address: str, proc: subprocess.Popen[bytes], stopping: list[int]) -> None:
+        deadline = time.monotonic() + MODELS_READY_SECONDS
+        while time.monotonic() < deadline and not stopping and proc.poll() is None:
+            if self._models_answer(address):
+                return
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise CommandError(f"The model server exited ({proc.returncode}) before it was ready; see its log above.")
+
+    def _start_children(self, options: dict[str, Any], *, models: str | None) -> dict[str, subprocess.Popen[bytes]]:
+        base = settings.BASE_DIR
+        env = self._env(models)
         # Own process groups: a terminal's Ctrl-C reaches only this supervisor, which stops them in order.
         popen = dict(cwd=base, env=env, start_new_session=True)
         children = {
@@ -140,11 +197,16 @@ class Command(BaseCommand):
         return False
 
     def _stop_children(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
-        for proc in children.values():
+        # The web tier first, so that requests in flight still find their models; the model server last.
+        self._stop_stage([(name, proc) for name, proc in children.items() if name != "models"])
+        self._stop_stage([(name, proc) for name, proc in children.items() if name == "models"])
+
+    def _stop_stage(self, children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+        for _, proc in children:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for name, proc in children.items():
+        for name, proc in children:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
