@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -28,6 +31,42 @@ class Caller:
 def make_caller(tenant: Tenant, name: str, scopes: list[str] | None = None) -> Caller:
     key, secret = services.issue_api_key(tenant=tenant, name=name, scopes=scopes)
     return Caller(tenant=tenant, key=key, secret=secret)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_SERVER_READY_SECONDS = 90
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_server(tmp_path_factory):
+    """Routing and API tests reach local models as web workers do in production: through a real model
+    server (`manage.py modelserver`, a process of its own) on a unix socket. The inference backends
+    are tested in process, as the library they are (tests/inference)."""
+    from inference.client import ModelServerUnavailable, RemotePool
+    from registry import services as registry_services
+
+    address = f"unix://{tmp_path_factory.mktemp('models') / 'models.sock'}"
+    process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "modelserver", "--address", address],
+                               cwd=ROOT, env={**os.environ, "MODELGATE_LOG_LEVEL": "WARNING"})
+    pool = RemotePool(address)
+    deadline = time.monotonic() + MODEL_SERVER_READY_SECONDS
+    while True:
+        try:
+            pool.ping()
+            break
+        except ModelServerUnavailable:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"The test model server did not start (exit {process.poll()}).") from None
+            time.sleep(0.2)
+    registry_services._pool = pool
+    yield process
+    registry_services._pool = None
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 @pytest.fixture
