@@ -1,5 +1,5 @@
 """Premium providers (OpenAI, Anthropic, any OpenAI-compatible server) behind one interface (chat, streamed chat,
-embeddings, transcription), each guarded by a circuit breaker (routing.breaker). The tasks asked of a chat model
+embeddings, transcription), each guarded by a circuit breaker (inference.breaker). The tasks asked of a chat model
 through a prompt are routing.prompts."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from inference.payloads import (
     AudioInput, ChatMessage, Embedding, Generation, GenerationInput, GenerationStream, Transcription,
 )
 from inference.speech import check_audio
-from routing.breaker import Call, CircuitBreaker, breaker_for
+from inference.breaker import Call, CircuitBreaker, breaker_for
 
 logger = logging.getLogger("modelgate.routing")
 

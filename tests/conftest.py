@@ -59,7 +59,7 @@ def model_server(tmp_path_factory):
                 process.kill()
                 raise RuntimeError(f"The test model server did not start (exit {process.poll()}).") from None
             time.sleep(0.2)
-    registry_services._pool = pool
+    registry_services._pool = registry_services.fleet([address])  # as web workers reach their model servers
     yield process
     registry_services._pool = None
     process.terminate()

@@ -54,7 +54,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
         "created_at", "updated_at",
     ]
     fieldsets = [
-        (None, {"fields": ["slug", "display_name", "task", "backend", "tier", "enabled", "preload"]}),
+        (None, {"fields": ["slug", "display_name", "task", "backend", "tier", "enabled", "preload", "model_servers"]}),
         ("Source", {"fields": ["source_kind", "source", "revision", "hub_commit_sha", "prepare", "local_path", "detected"]}),
         ("Behaviour", {"fields": ["options", "dependencies", "max_batch_size", "max_wait_ms"]}),
         ("Prices", {"fields": [
@@ -93,7 +93,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
     def update(self, spec: ModelSpec) -> str:
         return f"available: {spec.update_available_sha[:10]}" if spec.update_available_sha else ""
 
-    @admin.display(description="in this process")
+    @admin.display(description="in the model pool (the model servers, or this process without them)")
     def pool_stats(self, spec: ModelSpec) -> str:
         stats = services.get_pool().stats(spec.slug)
         return ", ".join(f"{key}={value}" for key, value in stats.items() if value is not None)

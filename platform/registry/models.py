@@ -74,7 +74,12 @@ class ModelSpec(models.Model):
     backend = models.CharField(max_length=64, choices=BACKEND_CHOICES)
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.LOCAL)
     enabled = models.BooleanField(default=True)
-    preload = models.BooleanField(default=False, help_text="Load in every web process at start.")
+    preload = models.BooleanField(default=False, help_text="Load at start (on the model servers that serve it).")
+    model_servers = models.JSONField(
+        default=list, blank=True,
+        help_text="Placement: the model servers (addresses from MODELGATE_MODEL_SERVERS) that serve this model, in "
+                  "the order tried; empty: all of them.",
+    )
 
     source_kind = models.CharField(max_length=16, choices=SourceKind.choices)
     source = models.CharField(
@@ -139,6 +144,13 @@ class ModelSpec(models.Model):
             errors.setdefault("source_kind", []).append("Provider backends take a provider source, and only they do.")
         if self.is_local and self.tier != self.Tier.LOCAL:
             errors.setdefault("tier", []).append("A model that runs here is in the local tier.")
+        servers = self.model_servers or []
+        if not isinstance(servers, list) or not all(isinstance(address, str) for address in servers):
+            errors.setdefault("model_servers", []).append("A list of model server addresses.")
+        elif unknown := [address for address in servers if address not in settings.MODELGATE_MODEL_SERVERS]:
+            errors.setdefault("model_servers", []).append(
+                f"Not in MODELGATE_MODEL_SERVERS: {', '.join(unknown)}." if settings.MODELGATE_MODEL_SERVERS
+                else "MODELGATE_MODEL_SERVERS is empty here: this process holds its own models, so there is nothing to place.")
         if not self.is_local and self.tier == self.Tier.LOCAL:
             errors.setdefault("tier", []).append("A provider model is in the standard or premium tier.")
         if self.backend in BACKENDS:

@@ -6,7 +6,6 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from inference.errors import InferenceError
-from inference.client import RemotePool
+from core.recent import configuration
+from inference.client import Fleet
 from inference.pool import ModelPool
 from registry.models import ModelSpec, package_dir
 
@@ -25,17 +25,30 @@ _pool: ModelPool | None = None
 _pool_lock = threading.Lock()
 
 
-def get_pool() -> ModelPool | RemotePool:
+def get_pool() -> ModelPool | Fleet:
     """The process's models: a model server's (MODELGATE_MODEL_SERVERS), which every web worker of the
     machine shares, or a pool of its own. Either way threads share it, which lets their requests batch."""
     global _pool
     with _pool_lock:
         if _pool is None:
             if settings.MODELGATE_MODEL_SERVERS:
-                _pool = RemotePool(settings.MODELGATE_MODEL_SERVERS[0], secret=settings.MODELGATE_MODEL_SERVER_SECRET)
+                _pool = fleet(settings.MODELGATE_MODEL_SERVERS)
             else:
                 _pool = ModelPool(memory_budget_mb=settings.MODELGATE_MODEL_MEMORY_MB, batching=settings.MODELGATE_BATCHING)
         return _pool
+
+
+def fleet(addresses: list[str]) -> Fleet:
+    """The model servers at `addresses`, each model sent to the servers its spec places it on (all of
+    them by default); placement is read like routing configuration (kept a few seconds per process)."""
+
+    def placement(slug: str) -> list[str]:
+        return configuration.remember(
+            ("placement", slug),
+            lambda: ModelSpec.objects.filter(slug=slug).values_list("model_servers", flat=True).first() or [],
+        )
+
+    return Fleet(addresses, secret=settings.MODELGATE_MODEL_SERVER_SECRET, placement=placement)
 
 
 # --- preparation: weights that need one-time work before they load -----------------------------

@@ -17,7 +17,7 @@ from inference.payloads import AudioInput, ChatMessage, GenerationInput, Languag
 from registry.models import ModelSpec
 from routing import prompts
 from routing.models import ProviderCredential, RoutingPolicy
-from routing.breaker import breaker_for
+from inference.breaker import breaker_for
 from routing.premium import MissingOption, judge_chat, run_premium
 from routing.providers import ProviderBadOutput, ProviderUnsupported
 from tests.routing.conftest import post, records

@@ -16,7 +16,7 @@ import soundfile
 
 from inference.errors import InvalidInput
 from inference.payloads import AudioInput, ChatMessage, GenerationInput
-from routing.breaker import CircuitBreaker, CircuitOpen
+from inference.breaker import CircuitBreaker, CircuitOpen
 from routing.providers import (
     AnthropicProvider,
     OpenAIProvider,

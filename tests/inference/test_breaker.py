@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from routing.breaker import Call, CircuitBreaker, CircuitOpen, breaker_for
+from inference.breaker import Call, CircuitBreaker, CircuitOpen, breaker_for
 from tests.conftest import ManualClock
 
 _names = itertools.count()

@@ -1,4 +1,5 @@
-"""Circuit breakers: stop calling what failed too often lately, and probe it again after a cooldown."""
+"""Circuit breakers: stop calling what failed too often lately (a provider, a model server), and probe it
+again after a cooldown."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from collections.abc import Callable
 
 from inference.errors import InferenceError
 
-logger = logging.getLogger("modelgate.routing")
+logger = logging.getLogger("modelgate.breaker")
 
 
 class CircuitOpen(InferenceError):
