@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from inference.errors import InferenceError
 from core.recent import configuration
-from inference.client import Fleet
+from inference.client import Fleet, ModelServerUnavailable, RemotePool
 from inference.pool import ModelPool
 from registry.models import ModelSpec, package_dir
 
@@ -26,16 +26,29 @@ _pool_lock = threading.Lock()
 
 
 def get_pool() -> ModelPool | Fleet:
-    """The process's models: a model server's (MODELGATE_MODEL_SERVERS), which every web worker of the
-    machine shares, or a pool of its own. Either way threads share it, which lets their requests batch."""
+    """The process's models: the model servers' (MODELGATE_MODEL_SERVERS, or the one `make run` keeps on
+    this machine's socket), which every web worker shares, or else a pool of its own. Either way threads
+    share it, which lets their requests batch."""
     global _pool
     with _pool_lock:
         if _pool is None:
+            local = f"unix://{settings.MODELGATE_MODEL_SERVER_SOCKET}"
             if settings.MODELGATE_MODEL_SERVERS:
                 _pool = fleet(settings.MODELGATE_MODEL_SERVERS)
+            elif settings.MODELGATE_MODEL_SERVER_SOCKET.exists() and model_server_answers(local):
+                # An operator's `manage.py models …` beside `make run` acts on the running model server.
+                _pool = fleet([local])
             else:
                 _pool = ModelPool(memory_budget_mb=settings.MODELGATE_MODEL_MEMORY_MB, batching=settings.MODELGATE_BATCHING)
         return _pool
+
+
+def model_server_answers(address: str) -> bool:
+    try:
+        RemotePool(address, connect_timeout=1).ping()
+        return True
+    except ModelServerUnavailable:
+        return False
 
 
 def fleet(addresses: list[str]) -> Fleet:

@@ -142,13 +142,9 @@ class Command(BaseCommand):
                                 cwd=base, env=self._env(None), start_new_session=True)
 
     def _models_answer(self, address: str | None) -> bool:
-        from inference.client import ModelServerUnavailable, RemotePool
+        from registry.services import model_server_answers
 
-        try:
-            RemotePool(address, connect_timeout=1).ping()
-            return True
-        except ModelServerUnavailable:
-            return False
+        return model_server_answers(address)
 
     def _wait_models(self, address: str, proc: subprocess.Popen[bytes], stopping: list[int]) -> None:
         deadline = time.monotonic() + MODELS_READY_SECONDS
