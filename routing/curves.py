@@ -310,18 +310,24 @@ def choose_floor(
     if new == current:
         reasons.append(f"The floor stays at {current:.3f}.")
     elif abs(new - current) < hysteresis:
+        # Hysteresis keeps a floor that is good enough from flapping; it never keeps one that is not.
         now = project(current)
-        if affordable(now):
+        if not affordable(now):
+            reasons.append(
+                f"The move is under the hysteresis of {hysteresis:.3f}, but at {current:.3f} premium share "
+                f"{now.premium_share:.1%} is over the cap, so the floor moves."
+            )
+        elif meeting and value(now) < target - _TOLERANCE:
+            reasons.append(
+                f"The move is under the hysteresis of {hysteresis:.3f}, but at {current:.3f} {name} "
+                f"{value(now):.3f} misses the target, so the floor moves."
+            )
+        else:
             reasons.append(
                 f"The move from {current:.3f} to {new:.3f} is under the hysteresis of {hysteresis:.3f}; "
                 f"the floor stays at {current:.3f}."
             )
             new = current
-        else:
-            reasons.append(
-                f"The move is under the hysteresis of {hysteresis:.3f}, but at {current:.3f} premium share "
-                f"{now.premium_share:.1%} is over the cap, so the floor moves."
-            )
 
     decision = decided(new, " ".join(reasons))
     if not decision.kept:

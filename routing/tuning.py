@@ -92,7 +92,8 @@ def labelled_examples(policy: RoutingPolicy, *, since: datetime, until: datetime
         created_at__gte=since, created_at__lt=until,
         status__in=[InferenceRecord.Status.OK, InferenceRecord.Status.ESCALATED],
     )
-    rows = (QualitySignal.objects.filter(record__in=local)
+    # In the records' order: a held-out split by position must not depend on how the rows came back.
+    rows = (QualitySignal.objects.filter(record__in=local).order_by("record__created_at", "record_id", "source")
             .values_list("record_id", "source", "agreement", "teacher__cost", "record__confidence", "record__features",
                          "record__cost"))
     labels: dict[Any, dict[str, tuple]] = {}
@@ -191,7 +192,7 @@ def tune(policy: RoutingPolicy, *, now: datetime | None = None) -> ThresholdChan
     days = float(policy.tune_window_days)
     if policy.drift_flagged_at is not None:
         # After a drift the old records describe another traffic: look at the recent ones only.
-        days = max(1.0, days / 4)
+        days = max(0.25, days / 4)
     fitted = None
     if router_due(policy, now=now):
         fitted = fit_router(policy, days=days, now=now)
@@ -210,7 +211,7 @@ def tune(policy: RoutingPolicy, *, now: datetime | None = None) -> ThresholdChan
         "drift_window": policy.drift_flagged_at is not None,
         "router": _router_evidence(policy, fitted),
         "projected": {"premium_share": _rounded(decision.premium_share), "quality": _rounded(decision.quality),
-                      "pgr": _rounded(decision.pgr), "cost_per_answer": _rounded(decision.cost)},
+                      "pgr": _rounded(decision.pgr), "cost_per_answer": _rounded(decision.cost, 8)},
     }
     return _record(policy, new=new, decided_by=ThresholdChange.DecidedBy.TUNER, reason=decision.reason, evidence=evidence)
 

@@ -83,7 +83,7 @@ class TranslateView(APIView):
         detected = None
         if data.get("source") is None:
             detected = route(
-                key=request.auth, task="language_id", items=[LanguageIdInput(text=t) for t in texts],
+                key=request.auth, task="language_id", items=[LanguageIdInput(text=t, top_k=2) for t in texts],
                 summary=Summary.characters(texts), request_id=request.request_id,
             )
             sources = [guesses[0].language for guesses in detected.values]
@@ -107,14 +107,15 @@ class DetectLanguageView(APIView):
     @extend_schema(request=s.DetectLanguageSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Identify the language of texts")
     def post(self, request: Request) -> Response:
         data = parse(s.DetectLanguageSerializer, request)
+        # At least two guesses from the model: the margin between them is what the learned router reads.
         routed = route(
-            key=request.auth, task="language_id", items=[LanguageIdInput(text=t, top_k=data["top_k"]) for t in data["texts"]],
+            key=request.auth, task="language_id", items=[LanguageIdInput(text=t, top_k=max(2, data["top_k"])) for t in data["texts"]],
             summary=Summary.characters(data["texts"]), request_id=request.request_id, model=data["model"],
             units_out=lambda v: float(len(v)),
         )
         results = [
             {"language": guesses[0].language, "probability": _rounded(guesses[0].probability),
-             "candidates": [{"language": g.language, "probability": _rounded(g.probability)} for g in guesses],
+             "candidates": [{"language": g.language, "probability": _rounded(g.probability)} for g in guesses[: data["top_k"]]],
              "model": answered_by}
             for guesses, answered_by in zip(routed.values, routed.item_models)
         ]

@@ -98,10 +98,23 @@ def test_a_move_smaller_than_the_hysteresis_is_not_made(lid_policy):
     examples = separated()
     labelled(lid_policy, examples)
     best = tuning.tune(lid_policy).new
-    RoutingPolicy.objects.filter(pk=lid_policy.pk).update(confidence_floor=best - 0.01, tune_hysteresis=0.05)
+    # A little above the best floor: it meets the target too, with a touch more premium: not worth a move.
+    RoutingPolicy.objects.filter(pk=lid_policy.pk).update(confidence_floor=best + 0.01, tune_hysteresis=0.05)
     lid_policy.refresh_from_db()
     change = tuning.tune(lid_policy)
-    assert not change.changed and change.new == pytest.approx(best - 0.01)
+    assert not change.changed and change.new == pytest.approx(best + 0.01) and "hysteresis" in change.reason
+
+
+def test_hysteresis_never_keeps_a_floor_that_misses_the_target(lid_policy):
+    examples = separated()
+    labelled(lid_policy, examples)
+    best = tuning.tune(lid_policy).new
+    wrong = sorted(score for score, agreed in examples if not agreed)
+    below = wrong[int(len(wrong) * 0.9)]  # a tenth of the wrong answers would stay local: PGR about 0.9
+    RoutingPolicy.objects.filter(pk=lid_policy.pk).update(confidence_floor=below, tune_hysteresis=0.2)
+    lid_policy.refresh_from_db()
+    change = tuning.tune(lid_policy)
+    assert change.changed and change.new == pytest.approx(best) and "misses the target" in change.reason
 
 
 def test_a_locked_policy_keeps_its_floor_and_the_decision_says_why(lid_policy):
