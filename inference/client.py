@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from inference import wire
 from inference.base import ModelConfig
 from inference.breaker import Call, CircuitBreaker, CircuitOpen
-from inference.errors import InferenceError
+from inference.errors import InferenceError, ModelServerUnavailable
 from inference.payloads import Generation, GenerationStream
 from inference.pool import Timing
 from inference.server import Address
@@ -20,10 +20,6 @@ from inference.server import Address
 T = TypeVar("T")
 CONNECT_SECONDS = 2.0
 IDLE_SECONDS = 300.0  # an operation without its own deadline (a model's first load) waits at most this long
-
-
-class ModelServerUnavailable(InferenceError):
-    code = "model_server_unavailable"
 
 
 class RemotePool:

@@ -30,3 +30,9 @@ class InferenceTimeout(InferenceError):
 
 class UnknownBackend(InferenceError):
     code = "unknown_backend"
+
+
+class ModelServerUnavailable(InferenceError):
+    """No model server could be reached, or it refused this client (a missing or wrong secret)."""
+
+    code = "model_server_unavailable"

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from inference import wire
-from inference.errors import InferenceError, InferenceTimeout, InvalidInput
+from inference.errors import InferenceError, InferenceTimeout, InvalidInput, ModelServerUnavailable
 from inference.pool import ModelPool
 
 logger = logging.getLogger("modelgate.modelserver")
@@ -37,7 +37,7 @@ class Address:
         parts = urlsplit(text)
         if parts.scheme == "unix" and parts.path:
             self.kind, self.path, self.host, self.port = "unix", Path(parts.path), None, None
-        elif parts.scheme == "tcp" and parts.hostname and parts.port:
+        elif parts.scheme == "tcp" and parts.hostname and parts.port is not None:
             self.kind, self.path, self.host, self.port = "tcp", None, parts.hostname, parts.port
         else:
             raise ValueError(f"A model server address is unix:///path or tcp://host:port, not {text!r}.")
@@ -48,9 +48,23 @@ class Address:
 
     def connect(self, timeout: float) -> socket.socket:
         if self.kind == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(str(self.path))
+            # A full listen backlog refuses a unix connect at once (EAGAIN) rather than making it wait:
+            # try again until the timeout, as a TCP connect would wait for the server to accept.
+            deadline = time.monotonic() + timeout
+            while True:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(str(self.path))
+                    break
+                except BlockingIOError:
+                    sock.close()
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.005)
+                except BaseException:
+                    sock.close()
+                    raise
         else:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -67,6 +81,7 @@ class ModelServer:
             raise ValueError("A model server on TCP needs a shared secret (MODELGATE_MODEL_SERVER_SECRET).")
         self.secret = secret
         self.started = time.time()
+        self._serving = False
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._server = self._bind()
@@ -96,6 +111,7 @@ class ModelServer:
 
     def serve_forever(self) -> None:
         logger.info("model server listening", extra={"address": self.bound, "pid": os.getpid()})
+        self._serving = True
         self._server.serve_forever(poll_interval=0.2)
 
     def start(self) -> threading.Thread:
@@ -105,7 +121,8 @@ class ModelServer:
 
     def shutdown(self) -> None:
         """Stop accepting, end every open connection (their clients see the server gone at once)."""
-        self._server.shutdown()
+        if self._serving:
+            self._server.shutdown()  # waits for serve_forever to return: only when it ran
         self._server.server_close()
         with self._connections_lock:
             for sock in self._connections:
@@ -213,12 +230,14 @@ def _handler_for(server: ModelServer) -> type[socketserver.BaseRequestHandler]:
                 if request.get("op") == "hello":
                     offered = str(request.get("secret") or "")
                     trusted = server.secret is None or hmac.compare_digest(offered.encode(), server.secret.encode())
-                    _reply(sock, {"ok": trusted} if trusted else {"ok": False, "error": InvalidInput("Wrong secret.")})
+                    _reply(sock, {"ok": True} if trusted else
+                           {"ok": False, "error": ModelServerUnavailable("The model server refused a wrong secret.")})
                     if not trusted:
                         return
                     continue
                 if not trusted:
-                    _reply(sock, {"ok": False, "error": InvalidInput("Present the shared secret first (hello).")})
+                    _reply(sock, {"ok": False, "error": ModelServerUnavailable(
+                        "The model server needs the shared secret (MODELGATE_MODEL_SERVER_SECRET) first.")})
                     return
                 try:
                     response = server.handle(request, sock)
@@ -243,10 +262,16 @@ def _reply(sock: socket.socket, response: dict[str, Any]) -> bool:
         return False
 
 
+# Every web thread of every worker may connect at once (a restart, a burst): room for them to wait.
+BACKLOG = 256
+
+
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = BACKLOG
 
 
 class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = BACKLOG

@@ -43,7 +43,7 @@ class ConnectionClosed(errors.InferenceError):
 
 def _default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(value)
+        array = value if value.flags.c_contiguous else np.ascontiguousarray(value)  # (which would make a 0-d array 1-d)
         header = msgpack.packb([array.dtype.str, list(array.shape)])
         return msgpack.ExtType(_ARRAY, _LENGTH.pack(len(header)) + header + array.tobytes())
     if isinstance(value, np.generic):
