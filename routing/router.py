@@ -104,10 +104,12 @@ def route(
         hit = cache.get(cache_key)
         if hit is not None:
             spec = plan_.candidates[0]
+            # An entry keeps who answered each item (a split request); older entries held the values alone.
+            values, models = (hit["values"], hit["models"]) if isinstance(hit, dict) else (hit, [spec.slug] * len(hit))
             record = admit(key=key, task=task, spec=spec, summary=summary, request_id=request_id,
                            reason="result cache hit", complexity=plan_.complexity, previous=None, policy=plan_.policy)
-            complete(record, status=InferenceRecord.Status.OK, values=hit, outcome=None, cost=Decimal("0"), cached=True)
-            return Routed(values=hit, record=record, spec=spec, attempts=[record], item_models=[spec.slug] * len(hit))
+            complete(record, status=InferenceRecord.Status.OK, values=values, outcome=None, cost=Decimal("0"), cached=True)
+            return Routed(values=values, record=record, spec=spec, attempts=[record], item_models=models)
 
     walk = Walk(key=key, task=task, summary=summary, request_id=request_id, model=model, plan=plan_)
     charge = take_tokens(key, token_estimate(task, summary))
@@ -117,7 +119,7 @@ def route(
         if charge is not None:
             charge.true_up(sum(tokens_used(record) for record in walk.attempts))
     if cache_key is not None:
-        cache.set(cache_key, routed.values, timeout=plan_.policy.cache_ttl_seconds)
+        cache.set(cache_key, {"values": routed.values, "models": routed.item_models}, timeout=plan_.policy.cache_ttl_seconds)
     return routed
 
 

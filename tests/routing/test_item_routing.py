@@ -134,3 +134,16 @@ def test_a_complex_prompt_records_the_complexity_cause(api, alice, chat_model, f
     post(api, "/v1/chat/completions", {"messages": HARD, "max_tokens": 16}, alice, HTTP_X_REQUEST_ID="hard-cause-1")
     [record] = records("hard-cause-1")
     assert record.escalation_cause == "complexity" and record.threshold == 0.5
+
+
+def test_a_cached_split_answer_still_says_who_answered_each_item(api, alice, split_policy, fake_providers):
+    RoutingPolicy.objects.filter(pk=split_policy.pk).update(cache_enabled=True)
+    from core.recent import configuration
+
+    configuration.forget()
+    fake_providers.replies(answer("finance"), answer("sports"))
+    first = post(api, "/v1/classify", {"texts": TEXTS, "labels": LABELS}, alice).json()
+    again = post(api, "/v1/classify", {"texts": TEXTS, "labels": LABELS}, alice, HTTP_X_REQUEST_ID="split-cached").json()
+    assert again["cached"] is True and again["results"] == first["results"]
+    assert [r["model"] for r in again["results"]][:2] == ["zero-shot-minilm", "gpt-classify"]
+    assert len(fake_providers.requests_to("/v1/chat/completions")) == 2  # the repeat cost nothing
