@@ -222,10 +222,23 @@ ROUTER_MARGIN = 0.0  # a new router must beat the one in use by more than this o
 
 
 def router_due(policy: RoutingPolicy, *, now: datetime | None = None) -> bool:
-    latest = LearnedRouter.objects.filter(policy=policy).order_by("-created_at").values_list("created_at", flat=True).first()
-    moment = now or timezone.now()
-    drifted_since = policy.drift_flagged_at is not None and latest is not None and latest < policy.drift_flagged_at
-    return latest is None or drifted_since or latest <= moment - ROUTER_REFIT
+    """A (re)fit is due without a router yet, after a drift, a day after the last fit, or as soon as the
+    labels gathered since the last fit are as many as it was fitted on (traffic that changes fast gets
+    fresh routers fast, quiet traffic one a day)."""
+    latest = (LearnedRouter.objects.filter(policy=policy).order_by("-created_at")
+              .values("created_at", "trained_on", "held_out").first())
+    if latest is None:
+        return True
+    if policy.drift_flagged_at is not None and latest["created_at"] < policy.drift_flagged_at:
+        return True
+    if latest["created_at"] <= (now or timezone.now()) - ROUTER_REFIT:
+        return True
+    from routing import learned
+
+    fresh = QualitySignal.objects.filter(
+        record__policy=policy, source__in=[Source.SHADOW, Source.ESCALATION], created_at__gt=latest["created_at"]
+    ).count()
+    return fresh >= max(learned.MIN_TRAINING_ROWS, latest["trained_on"] + latest["held_out"])
 
 
 def fit_router(policy: RoutingPolicy, *, days: float | None = None, now: datetime | None = None) -> LearnedRouter | None:

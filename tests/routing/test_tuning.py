@@ -240,3 +240,13 @@ def test_a_chat_router_trained_on_prompt_embeddings_scores_a_request_with_its_pr
     expected = weights.predict_one(record.features | {"embedding": prompt_embedding("capital of France?")})
     assert record.score == pytest.approx(expected) and record.score != pytest.approx(weights.predict_one(record.features))
     assert "embedding" not in record.features
+
+
+def test_a_router_is_refitted_when_as_many_new_labels_arrived_as_it_was_fitted_on(lid_policy):
+    labelled(lid_policy, miscalibrated(n=200), hours_ago=3)
+    first = tuning.fit_router(lid_policy)
+    assert first is not None and not tuning.router_due(lid_policy)  # fitted just now, nothing new
+    labelled(lid_policy, miscalibrated(n=100, seed=9), hours_ago=0)
+    assert not tuning.router_due(lid_policy)  # fewer new labels than it was fitted on
+    labelled(lid_policy, miscalibrated(n=120, seed=10), hours_ago=0)
+    assert tuning.router_due(lid_policy)
