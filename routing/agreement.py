@@ -8,9 +8,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import jiwer
 import numpy as np
-import sacrebleu
 
 from inference.errors import InvalidInput
 from inference.languages import to_nllb
@@ -120,6 +118,8 @@ def _speech(local: Any, teacher: Any) -> float:
     # WER is undefined against an empty reference: silence heard as silence agrees, anything else does not.
     if not mine or not theirs:
         return 1.0 if mine == theirs else 0.0
+    import jiwer  # here, not at import: only shadow evaluation and escalation pairs of speech need it
+
     return max(0.0, 1.0 - jiwer.wer(reference=theirs, hypothesis=mine))
 
 
@@ -131,6 +131,8 @@ def _translation(local: Any, teacher: Any) -> float:
         return 1.0 if mine == theirs else 0.0
     # chrF rather than BLEU: sentence BLEU is mostly zero for short sentences that differ in one
     # word, and chrF's character n-grams credit inflections and compounds the teacher spelled alike.
+    import sacrebleu  # here, not at import: every web process would carry it (~13 MB) otherwise
+
     return min(1.0, max(0.0, sacrebleu.sentence_chrf(mine, [theirs]).score / 100.0))
 
 

@@ -17,10 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-import anthropic
 import httpx2
 import numpy as np
-import openai
 import soundfile
 
 from inference.audio import SAMPLE_RATE
@@ -532,6 +530,12 @@ def _client_for(config: ProviderConfig) -> Any:
 
 
 def _new_client(config: ProviderConfig) -> Any:
+    # The SDKs load with the first client (~70 MB and over a second of imports): a process that never
+    # calls a provider (the model server, the supervisor) never pays for them. Web workers import them
+    # in the background at start (config.gunicorn_conf).
+    import anthropic
+    import openai
+
     # Explicit base URLs and keys: the SDKs would otherwise fall back to OPENAI_* / ANTHROPIC_*
     # environment variables, and an OpenAI key must never be sent to some compatible server.
     if config.kind == ProviderKind.ANTHROPIC:
@@ -653,6 +657,9 @@ def _provider_error(exc: Exception, *, provider: str, secret: str | None) -> Exc
     Messages never contain the API key: some servers echo it back in their error text. When they did,
     the SDK's exception is not chained either, so a logged traceback cannot show it.
     """
+    import anthropic  # loaded already: only an SDK call raises what is mapped here
+    import openai
+
     if isinstance(exc, ProviderError):
         return exc
     raw = _server_message(exc)
@@ -679,7 +686,8 @@ def _provider_error(exc: Exception, *, provider: str, secret: str | None) -> Exc
     return error
 
 
-def _status_error(exc: openai.APIStatusError | anthropic.APIStatusError, detail: str, *, provider: str) -> ProviderError:
+def _status_error(exc: Any, detail: str, *, provider: str) -> ProviderError:
+    """`exc`: an openai or anthropic APIStatusError."""
     status = exc.status_code
     if status == 429 or (status < 400 and _error_type(exc) == "rate_limit_error"):
         return ProviderRateLimited(
@@ -714,7 +722,8 @@ def _error_type(exc: Exception) -> str | None:
     return inner.get("type") if isinstance(inner, dict) else None
 
 
-def _retry_after(exc: openai.APIStatusError | anthropic.APIStatusError) -> float | None:
+def _retry_after(exc: Any) -> float | None:
+    """`exc`: an openai or anthropic APIStatusError."""
     headers = exc.response.headers
     for header, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         try:
