@@ -269,6 +269,12 @@ def fit_router(policy: RoutingPolicy, *, days: float | None = None, now: datetim
     reason = (f"APGR {apgr_new:.3f} vs {apgr_now:.3f} for {incumbent} on {len(held_out)} held-out records: "
               f"{'put in use' if accepted else 'refused'}") if apgr_new is not None and apgr_now is not None else (
               "no gap to recover on the held-out records: refused")
+    # Confidence is always a candidate: a router that traffic has left behind gives way to it.
+    apgr_confidence = _apgr(scored(held_out, None)) if current is not None else None
+    retire = (not accepted and apgr_confidence is not None and apgr_now is not None
+              and apgr_confidence > apgr_now + ROUTER_MARGIN)
+    if retire:
+        reason += f"; routing by confidence ({apgr_confidence:.3f}) now beats the router in use: back to confidence"
     with transaction.atomic():
         version = (LearnedRouter.objects.filter(policy=policy).order_by("-version").values_list("version", flat=True).first() or 0) + 1
         router = LearnedRouter.objects.create(
@@ -278,24 +284,31 @@ def fit_router(policy: RoutingPolicy, *, days: float | None = None, now: datetim
         )
         if accepted:
             _switch_router(policy, router, weights=weights, current=current, held_out=held_out)
+        elif retire:
+            _switch_router(policy, None, weights=None, current=current, held_out=held_out, why=reason)
     return router
 
 
-def _switch_router(policy: RoutingPolicy, router: LearnedRouter, *, weights: Any, current: Any, held_out: list[Example]) -> None:
-    """Put `router` in use with the floor that escalates the same share of the held-out records as the
-    floor in use did under the old scores: a new router changes what a score means, not how much goes
-    to premium. The tuner moves the floor from there."""
+def _switch_router(policy: RoutingPolicy, router: LearnedRouter | None, *, weights: Any, current: Any,
+                   held_out: list[Example], why: str = "") -> None:
+    """Put `router` in use (None: routing by confidence) with the floor that escalates the same share of
+    the held-out records as the floor in use did under the old scores: a new router changes what a score
+    means, not how much goes to premium. The tuner moves the floor from there."""
     old_items, new_items = scored(held_out, current), scored(held_out, weights)
     share = curves.at_floor(old_items, policy.confidence_floor).premium_share
     candidates = sorted({item.score for item in new_items} | {0.0})
     floor = min(candidates, key=lambda f: abs(curves.at_floor(new_items, f).premium_share - share))
     RoutingPolicy.objects.filter(pk=policy.pk).update(learned_router=router)
     policy.learned_router = router
+    if router is None:
+        what, evidence = f"Routing by confidence again ({why})", {"router": None}
+    else:
+        what = f"Learned router v{router.version} put in use ({router.reason})"
+        evidence = {"router": {"version": router.version, "apgr": round(router.apgr, 4),
+                               "baseline_apgr": round(router.baseline_apgr, 4)}}
     _record(policy, new=min(1.0, floor), decided_by=ThresholdChange.DecidedBy.TUNER,
-            reason=f"Learned router v{router.version} put in use ({router.reason}); the floor keeps the premium share "
-                   f"it gave on the held-out records ({share:.1%}).",
-            evidence={"router": {"version": router.version, "apgr": round(router.apgr, 4),
-                                 "baseline_apgr": round(router.baseline_apgr, 4)}})
+            reason=f"{what}; the floor keeps the premium share it gave on the held-out records ({share:.1%}).",
+            evidence=evidence)
 
 
 def _apgr(items: list[curves.Labelled]) -> float | None:

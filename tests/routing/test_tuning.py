@@ -250,3 +250,28 @@ def test_a_router_is_refitted_when_as_many_new_labels_arrived_as_it_was_fitted_o
     assert not tuning.router_due(lid_policy)  # fewer new labels than it was fitted on
     labelled(lid_policy, miscalibrated(n=120, seed=10), hours_ago=0)
     assert tuning.router_due(lid_policy)
+
+
+def test_a_router_that_traffic_left_behind_gives_way_to_confidence(lid_policy, monkeypatch):
+    from routing import learned
+
+    labelled(lid_policy, miscalibrated(), hours_ago=30)
+    adopted = tuning.fit_router(lid_policy, days=2)
+    assert adopted.accepted
+    # Now "xx" answers are right whenever sure, and confidence separates right from wrong perfectly; the
+    # router in use still distrusts "xx". A new fit that cannot do better (forced here) is refused…
+    rng = random.Random(11)
+    rows = []
+    for n in range(300):
+        top1 = rng.uniform(0.0, 1.0)
+        label = "xx" if n % 2 else "en"  # the router in use ranks every "xx" below every "en": out of order now
+        rows.append((top1, float(top1 > 0.5), {"top1": top1, "length": 20, "words": 3, "script": "Latin", "label": label}))
+    labelled(lid_policy, rows, hours_ago=1)
+    real_fit = learned.fit
+    monkeypatch.setattr(learned, "fit", lambda features, agreed, **kw: real_fit(features, [1 - a for a in agreed], **kw))
+    refitted = tuning.fit_router(lid_policy, days=0.5)
+    assert not refitted.accepted and "back to confidence" in refitted.reason
+    # … and routing goes back to confidence, the floor re-set to keep the premium share.
+    lid_policy.refresh_from_db()
+    assert lid_policy.learned_router_id is None
+    assert "Routing by confidence again" in ThresholdChange.objects.filter(policy=lid_policy).latest("created_at").reason
