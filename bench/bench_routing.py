@@ -482,7 +482,7 @@ def run() -> Table:
         marks = [1, 6, 12, 18, 24, 25, 26, 27, 30, 36, 42, 48]
         fits = "; ".join(
             f"v{router.version} at h{round((router.created_at - start).total_seconds() / 3600)}: {router.trained_on} rows, "
-            f"held-out APGR {router.apgr:.3f} vs {router.baseline_apgr:.3f} by confidence, "
+            f"held-out APGR {router.apgr:.3f} vs {router.baseline_apgr:.3f} for the router in use then (confidence before the first), "
             f"{'put in use' if router.accepted else 'refused'}"
             for router in sorted(routers.values(), key=lambda r: r.version)
         ) or "none (too few labelled rows)"
@@ -539,7 +539,7 @@ def run() -> Table:
             f"allowed: the window holds the last 24 runs), tune_min_samples {MIN_SAMPLES}, tune_max_step 0.1 and "
             f"tune_hysteresis 0.02 (defaults). (a) is tenant 1, whose tuner the benchmark keeps from fitting a learned router "
             f"(tuning.router_due answers False for its policy); (b) is tenant 2, the tuner as shipped: it fits a router when "
-            f"due (at most once a day, ROUTER_REFIT) and puts it in use when its held-out APGR beats the router in use.",
+            f"due (tuning.router_due: a day after the last fit, after a drift, or once as many new labels arrived as the last fit used) and puts it in use when its held-out APGR beats the router in use.",
             f"Time: time-machine moves the clock; each hour's requests are stamped in that hour, then the shadow tasks "
             f"routing.shadow.sample queued are read from django-q's OrmQ and run synchronously in process "
             f"(routing.shadow.evaluate with the queued arguments: {dict(shadow_results)}), then tuning.tune(policy, "
@@ -562,7 +562,7 @@ def run() -> Table:
             "ones). (a) and (c) route by the same score, lid.176's confidence, so they share one curve and differ only in "
             "the floor; (b)'s curve is over the score its policy applied to each request (the learned router in use, or "
             f"confidence before one was: {before_router[0]} requests of half 1, {before_router[1]} of half 2). (b′) is the "
-            "learned router alone, without the product's once-a-day refit and adoption test: routing.learned.fit on every "
+            "learned router alone, without the product's refit schedule and adoption test: routing.learned.fit on every "
             "labelled record of (b)'s window (the rows fit_router would see, weighted as the tuner weighs them) at each of "
             f"the {fits_every_run} runs that had enough, each fit scoring only the next hour's requests "
             f"({scored_r[0]:,} of half 1, {scored_r[1]:,} of half 2; "

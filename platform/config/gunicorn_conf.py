@@ -1,4 +1,4 @@
-"""gunicorn settings for `manage.py serve`: threads share one model pool, so requests batch together."""
+"""gunicorn settings for `manage.py serve`: web workers hold no models (the model server does)."""
 
 worker_class = "gthread"
 # Inference can take a while; the router enforces its own per-request timeouts below this.
@@ -25,19 +25,25 @@ logconfig_dict = {
 }
 # Several servers (a test run beside `make run`) must not fight over one control socket.
 control_socket_disable = True
+# Django and the provider SDKs load once in the master and the workers fork from it: their pages are
+# shared (copy-on-write) instead of loaded again by every worker, and a worker is serving at once.
+preload_app = True
+
+
+def when_ready(server: object) -> None:
+    """In the master, before the workers fork: the provider SDKs (1.5 s and ~70 MB of imports that the
+    first premium request of every worker would otherwise pay, each for itself)."""
+    import importlib
+
+    for name in ("openai", "anthropic", "routing.providers"):
+        importlib.import_module(name)
 
 
 def post_worker_init(worker: object) -> None:
-    """Start loading the models marked `preload`, and the provider SDKs (1.5 s of imports that the
-    first premium request would otherwise pay), while the worker already serves."""
-    import importlib
-    import threading
+    """Ask the model server to load the models marked `preload`, while the worker already serves."""
+    from django.db import connections
 
     from registry.services import preload_models
 
+    connections.close_all()  # never share the master's database connections with a forked worker
     preload_models()
-    threading.Thread(
-        target=lambda: [importlib.import_module(name) for name in ("routing.providers", "openai", "anthropic")],
-        name="import-provider-sdks",
-        daemon=True,
-    ).start()
