@@ -16,7 +16,7 @@ import socketserver
 import stat
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import ALL_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -162,7 +162,8 @@ class ModelServer:
         deadline = None if timeout is None else time.monotonic() + timeout
         pending: set[Future] = set(futures)
         while pending:
-            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            # All at once or a poll interval: a large batch must not cost a wake-up per item.
+            _, pending = wait(pending, timeout=POLL_SECONDS, return_when=ALL_COMPLETED)
             if pending and _gone(sock):
                 for future in pending:
                     future.cancel()  # the client left: nobody waits for these any more
