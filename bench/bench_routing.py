@@ -499,6 +499,18 @@ def run() -> Table:
                 if (old == new and "hysteresis" in reason and projected.get("pgr") is not None
                         and projected["pgr"] < TARGET):
                     parked[name, int(created_at > start + timedelta(hours=shift_hour))] += 1
+        # The tuner's own check for a shift inside its window (PSI of its last hours' confidences against
+        # the rest): the largest it saw per half, and the runs after the shift that narrowed their window.
+        shift_psi: dict[int, float] = {}
+        narrowed = 0
+        for created_at, evidence in ThresholdChange.objects.filter(
+            policy=policies["a"], decided_by=ThresholdChange.DecidedBy.TUNER,
+        ).values_list("created_at", "evidence"):
+            psi_seen = (evidence or {}).get("recent_shift_psi")
+            half_of = int(created_at > start + timedelta(hours=shift_hour))
+            if psi_seen is not None:
+                shift_psi[half_of] = max(shift_psi.get(half_of, 0.0), psi_seen)
+                narrowed += half_of and psi_seen > curves.PSI_SHIFTED
         lengths = [len(item.text) for item in items]
         elapsed = time.perf_counter() - started
 
@@ -583,6 +595,10 @@ def run() -> Table:
             f"against {apgr_a[0]:.3f} and {apgr_a[1]:.3f}). After the shift (a) and (b) regain PGR ≥ {TARGET} within "
             f"{REGAIN_RUNS} runs where (c) does not: {verdict(regain_ok)} ((a): {describe(k_a)}, (b): {describe(k_b)}, "
             f"(c) {'meets it without any run' if k_c == 0 else 'misses it'}).",
+            f"The tuner's check for a shift within its window (PSI of the last {tuning.RECENT_HOURS} hours' confidences "
+            f"against the rest; above {curves.PSI_SHIFTED} it tunes on the last hours only), (a)'s policy: largest PSI "
+            f"{shift_psi.get(0, 0.0):.3f} in half 1, {shift_psi.get(1, 0.0):.3f} in half 2; {narrowed} run(s) of half 2 narrowed "
+            "their window.",
             f"Runtime {elapsed / 60:.1f} min ({serving:.0f} s serving {2 * len(items):,} requests, "
             f"{teacher_server.answered:,} teacher calls); seed {SEED}.",
         ]

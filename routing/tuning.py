@@ -193,8 +193,13 @@ def tune(policy: RoutingPolicy, *, now: datetime | None = None) -> ThresholdChan
     if policy.drift_flagged_at is not None:
         # After a drift the old records describe another traffic: look at the recent ones only.
         days = max(0.25, days / 4)
+    shift = recent_shift(policy, days=days, now=now)
+    if shift is not None and shift > curves.PSI_SHIFTED:
+        # The traffic changed within the window (the daily drift check would see it a day late): the
+        # curve of the last hours only, and a router fitted on them.
+        days = RECENT_HOURS / 24
     fitted = None
-    if router_due(policy, now=now):
+    if router_due(policy, now=now) or (shift is not None and shift > curves.PSI_SHIFTED):
         fitted = fit_router(policy, days=days, now=now)
     evaluation = evaluate(policy, days=days, now=now)
     cap, cap_reason = premium_share_cap(policy, evaluation.window, now=now)
@@ -209,6 +214,7 @@ def tune(policy: RoutingPolicy, *, now: datetime | None = None) -> ThresholdChan
         "target": {"metric": policy.quality_metric, "value": policy.quality_target},
         "budget": {"max_premium_share": _rounded(cap), "why": cap_reason},
         "drift_window": policy.drift_flagged_at is not None,
+        "recent_shift_psi": _rounded(shift),
         "router": _router_evidence(policy, fitted),
         "projected": {"premium_share": _rounded(decision.premium_share), "quality": _rounded(decision.quality),
                       "pgr": _rounded(decision.pgr), "cost_per_answer": _rounded(decision.cost, 8)},
@@ -321,6 +327,26 @@ def _router_evidence(policy: RoutingPolicy, fitted: LearnedRouter | None) -> dic
         evidence["fitted"] = {"version": fitted.version, "accepted": fitted.accepted, "apgr": round(fitted.apgr, 4),
                               "baseline_apgr": round(fitted.baseline_apgr, 4), "reason": fitted.reason}
     return evidence
+
+
+RECENT_HOURS = 3  # the tuner compares its window's last hours with the rest of it
+MIN_SHIFT_SCORES = 50
+
+
+def recent_shift(policy: RoutingPolicy, *, days: float, now: datetime | None = None) -> float | None:
+    """PSI of the local models' confidences over the window's last RECENT_HOURS against the rest of the
+    window; None when either side has too few answers to compare."""
+    until = now or timezone.now()
+    split, since = until - timedelta(hours=RECENT_HOURS), until - timedelta(days=days)
+    if split <= since:
+        return None
+    answers = InferenceRecord.objects.filter(policy=policy, purpose=InferenceRecord.Purpose.ANSWER, tier="local",
+                                             confidence__isnull=False)
+    recent = list(answers.filter(created_at__gte=split, created_at__lt=until).values_list("confidence", flat=True)[:20_000])
+    older = list(answers.filter(created_at__gte=since, created_at__lt=split).values_list("confidence", flat=True)[:20_000])
+    if len(recent) < MIN_SHIFT_SCORES or len(older) < MIN_SHIFT_SCORES:
+        return None
+    return curves.psi(older, recent)
 
 
 def tune_all(*, now: datetime | None = None) -> list[ThresholdChange]:

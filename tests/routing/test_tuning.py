@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -275,3 +275,22 @@ def test_a_router_that_traffic_left_behind_gives_way_to_confidence(lid_policy, m
     lid_policy.refresh_from_db()
     assert lid_policy.learned_router_id is None
     assert "Routing by confidence again" in ThresholdChange.objects.filter(policy=lid_policy).latest("created_at").reason
+
+
+def test_a_shift_within_the_window_makes_the_tuner_look_at_the_last_hours_only(lid_policy):
+    labelled(lid_policy, separated(seed=1), hours_ago=12)  # the window's older traffic: sure answers mostly
+    rng = random.Random(2)
+    # The last hours: short, unsure texts — confidences far lower, half of them wrong.
+    labelled(lid_policy, [(rng.uniform(0.1, 0.5), float(rng.random() < 0.5)) for _ in range(150)], hours_ago=1)
+    change = tuning.tune(lid_policy)
+    assert change.evidence["recent_shift_psi"] > 0.25
+    since, until = (datetime.fromisoformat(change.evidence["window"][k]) for k in ("since", "until"))
+    assert until - since == timedelta(hours=tuning.RECENT_HOURS)
+    assert change.evidence["samples"] == 150  # only the recent labels speak
+
+
+def test_a_stable_window_is_tuned_whole(lid_policy):
+    labelled(lid_policy, separated(seed=1), hours_ago=12)
+    labelled(lid_policy, separated(seed=2), hours_ago=1)
+    change = tuning.tune(lid_policy)
+    assert change.evidence["recent_shift_psi"] < 0.25 and change.evidence["samples"] == 800
