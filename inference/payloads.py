@@ -148,6 +148,11 @@ class GenerationInput:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
 
+    @property
+    def prompt(self) -> str:
+        """Every message's content, one after another: what complexity, token estimates and the learned router read."""
+        return "\n".join(message.content for message in self.messages)
+
 
 @dataclass(frozen=True)
 class Generation:

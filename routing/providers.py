@@ -374,7 +374,7 @@ class OpenAIProvider(Provider):
             usage = answer.get("usage")
             return Generation(
                 text=text,
-                tokens_in=_tokens(None if usage is None else usage.get("prompt_tokens"), _prompt_text(request), provider=self.name),
+                tokens_in=_tokens(None if usage is None else usage.get("prompt_tokens"), request.prompt, provider=self.name),
                 tokens_out=_tokens(None if usage is None else usage.get("completion_tokens"), text, provider=self.name),
                 finish_reason=finish,
             )
@@ -407,7 +407,7 @@ class OpenAIProvider(Provider):
         with _reading(self.name):
             return Generation(
                 text=text,
-                tokens_in=_tokens(None if usage is None else usage.prompt_tokens, _prompt_text(request), provider=self.name),
+                tokens_in=_tokens(None if usage is None else usage.prompt_tokens, request.prompt, provider=self.name),
                 tokens_out=_tokens(None if usage is None else usage.completion_tokens, text, provider=self.name),
                 finish_reason=_finish_reason(finish, provider=self.name),
             )
@@ -495,7 +495,7 @@ class AnthropicProvider(Provider):
         with _reading(self.name):
             return Generation(
                 text=text,
-                tokens_in=_tokens(tokens_in, _prompt_text(request), provider=self.name),
+                tokens_in=_tokens(tokens_in, request.prompt, provider=self.name),
                 tokens_out=_tokens(tokens_out, text, provider=self.name),
                 finish_reason=_finish_reason(finish, provider=self.name),
             )
@@ -605,10 +605,6 @@ def _estimated_tokens(texts: list[str], *, provider: str) -> int:
 def _anthropic_input_tokens(usage: Any) -> int:
     # Cache reads and writes are prompt tokens too (zero unless caching is asked for).
     return _count(usage.input_tokens) + _count(usage.cache_creation_input_tokens or 0) + _count(usage.cache_read_input_tokens or 0)
-
-
-def _prompt_text(request: GenerationInput) -> str:
-    return "\n".join(message.content for message in request.messages)
 
 
 def _spoken_language(value: str) -> str:

@@ -28,7 +28,7 @@ class Complexity:
 
 def complexity(request: GenerationInput) -> Complexity:
     """A cheap, explainable estimate from the request alone; the policy's threshold decides."""
-    text = "\n".join(message.content for message in request.messages)
+    text = request.prompt
     last = request.messages[-1].content if request.messages else ""
     words = len(text.split())
     parts: list[tuple[float, str]] = []
@@ -58,14 +58,6 @@ class Verdict:
     problem: str | None = None  # why the answer must not stand, in words
 
 
-def judge(task: str, inputs: list[Any], outputs: list[Any]) -> Verdict:
-    """The weakest item's verdict, for a request answered whole (a stream)."""
-    verdicts = judge_each(task, inputs, outputs)
-    problems = [v.problem for v in verdicts if v.problem]
-    confidences = [v.confidence for v in verdicts if v.confidence is not None]
-    return Verdict(confidence=min(confidences) if confidences else None, problem=problems[0] if problems else None)
-
-
 def judge_each(task: str, inputs: list[Any], outputs: list[Any]) -> list[Verdict]:
     """One verdict per item: the router escalates the items that fail, not the whole request."""
     check = _CHECKS.get(task)
@@ -74,7 +66,7 @@ def judge_each(task: str, inputs: list[Any], outputs: list[Any]) -> list[Verdict
     return [check(given, produced) for given, produced in zip(inputs, outputs)]
 
 
-def features(task: str, given: Any, produced: Any) -> dict[str, Any] | None:
+def features(task: str, given: Any, produced: Any, *, scored: Complexity | None = None) -> dict[str, Any] | None:
     """What the learned router reads of one locally answered item (routing.learned); None for tasks
     whose local answer has no confidence to route by (embeddings, rerank)."""
     from routing.learned import request_features
@@ -98,9 +90,9 @@ def features(task: str, given: Any, produced: Any) -> dict[str, Any] | None:
         return request_features(top1=produced.confidence, margin=scores[0] - scores[1] if len(scores) > 1 else None,
                                 text=produced.transcription.text, label=produced.intent)
     if task == "generation":
-        return request_features(top1=_generation(given, produced).confidence, margin=None,
-                                text="\n".join(message.content for message in given.messages), label=None,
-                                complexity=complexity(given).score)
+        # The plan scored the request's complexity already: pass it rather than score it again.
+        return request_features(top1=_generation(given, produced).confidence, margin=None, text=given.prompt, label=None,
+                                complexity=(scored or complexity(given)).score)
     return None
 
 

@@ -204,7 +204,8 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
             walk.failed(exc, spec=spec, held=held, record=record, may_pass_on=may_pass_on)
             continue
         try:
-            judged = _judge(spec=spec, policy=policy, task=task, items=batch, values=outcome.values, may_pass_on=may_pass_on)
+            judged = _judge(spec=spec, policy=policy, task=task, items=batch, values=outcome.values, may_pass_on=may_pass_on,
+                            complexity=walk.complexity)
             outcome.units_out = units_out(outcome.values)
             if tokens_in is not None and outcome.tokens_in is None:
                 # Local models that count their input (embeddings) report tokens like an API would.
@@ -220,7 +221,7 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
         # The record keeps its weakest item's confidence and score: the one its routing turned on.
         weakest = min(judged, key=lambda item: item.sort_key)
         fields = dict(values=outcome.values, outcome=outcome, cost=cost, confidence=weakest.confidence,
-                      score=weakest.score, features=weakest.read(task, batch) if spec.is_local else None,
+                      score=weakest.score, features=weakest.read(task, batch, walk.complexity) if spec.is_local else None,
                       items_escalated=len(escalate))
         if escalate:
             weakest_escalated = min((judged[j] for j in escalate), key=lambda item: item.sort_key)
@@ -271,14 +272,16 @@ class Judged:
         # The weakest first: a problem, then the lowest score; items without a score last.
         return (0 if self.problem else 1, self.score if self.score is not None else math.inf)
 
-    def read(self, task: str, items: list[Any]) -> dict[str, Any] | None:
+    def read(self, task: str, items: list[Any], complexity: quality.Complexity | None) -> dict[str, Any] | None:
         """What the learned router reads of this item: the record keeps its weakest item's (what a router
         is trained on), read once per request rather than once per item of a large batch."""
-        return self.features if self.features is not None else quality.features(task, items[self.index], self.value)
+        if self.features is not None:
+            return self.features
+        return quality.features(task, items[self.index], self.value, scored=complexity)
 
 
 def _judge(*, spec: ModelSpec, policy: RoutingPolicy, task: str, items: list[Any], values: list[Any],
-           may_pass_on: bool) -> list[Judged]:
+           may_pass_on: bool, complexity: quality.Complexity | None = None) -> list[Judged]:
     verdicts = quality.judge_each(task, items, values)
     if task == "translation" and spec.is_local and may_pass_on:
         verdicts = _check_output_language(items, values, verdicts)
@@ -290,13 +293,13 @@ def _judge(*, spec: ModelSpec, policy: RoutingPolicy, task: str, items: list[Any
             judged.append(Judged(index=index, value=value, confidence=None, score=None, problem=verdict.problem,
                                  escalate=False))
             continue
-        features = quality.features(task, item, value) if weights is not None else None
+        features = quality.features(task, item, value, scored=complexity) if weights is not None else None
         score, scored_by = verdict.confidence, "confidence"
         if weights is not None and features is not None:
             seen = features
             if task == "generation" and weights.encoder.embedding_dim:
                 # A chat router trained on prompt embeddings reads this prompt's too (not kept on the record: 384 floats).
-                seen = features | {"embedding": prompt_embedding(features_text(item))}
+                seen = features | {"embedding": prompt_embedding(item.prompt)}
             score, scored_by = weights.predict_one(seen), "learned router"
         below = score is not None and score < policy.confidence_floor
         judged.append(Judged(index=index, value=value, confidence=verdict.confidence, score=score, problem=verdict.problem,
@@ -320,10 +323,6 @@ def record_escalation_pairs(task: str, *, teacher: InferenceRecord, pairs: list[
          for local, values in by_record.values()],
         ignore_conflicts=True,
     )
-
-
-def features_text(item: Any) -> str:
-    return "\n".join(message.content for message in item.messages)
 
 
 def prompt_embedding(text: str) -> list[float] | None:

@@ -96,9 +96,9 @@ def evaluate(record_id: str, teacher_slug: str, items: list[Any], values: list[A
     value = sum(scores) / len(scores) if scores else 0.0
     if judging and isinstance(local.features, dict):
         # A labelled chat answer keeps its prompt's embedding: what a learned chat router trains on.
-        from routing.router import features_text, prompt_embedding  # the router samples through this module
+        from routing.router import prompt_embedding  # the router samples through this module
 
-        embedding = prompt_embedding(features_text(items[0]))
+        embedding = prompt_embedding(items[0].prompt)
         if embedding is not None:
             InferenceRecord.objects.filter(pk=local.pk).update(features=local.features | {"embedding": embedding})
     try:

@@ -8,7 +8,12 @@ from inference.payloads import (
     AudioInput, ChatMessage, Classification, Generation, GenerationInput, LabelScore, LanguageGuess, Transcription, Translation,
     TranslationInput,
 )
-from routing.quality import Verdict, complexity, judge
+from routing.quality import Verdict, complexity, judge_each
+
+
+def judge(task, inputs, outputs):
+    [verdict] = judge_each(task, inputs, outputs)
+    return verdict
 
 
 def ask(*contents: str, max_tokens: int = 64) -> GenerationInput:
@@ -33,9 +38,9 @@ def test_complexity_scores_and_explains(request_, low, reason):
         assert reason in result.reasons
 
 
-def test_the_weakest_item_decides_the_confidence():
+def test_each_item_gets_its_own_verdict():
     guesses = [[LanguageGuess("fr", 0.95)], [LanguageGuess("en", 0.2)]]
-    assert judge("language_id", ["a", "b"], guesses).confidence == 0.2
+    assert [v.confidence for v in judge_each("language_id", ["a", "b"], guesses)] == [0.95, 0.2]
 
 
 def test_multi_label_confidence_is_the_distance_from_the_boundary():
