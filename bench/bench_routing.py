@@ -440,15 +440,20 @@ def run() -> Table:
             mean_local = statistics.fmean(float(item.local_cost) for item in part)
             mean_premium = statistics.fmean(float(item.premium_cost) for item in part)
             random_accuracy = local_accuracy + share * (1 - local_accuracy)
+            # The ceiling of any router: it escalates exactly the wrong answers first.
+            oracle_points = curves.curve(labelled(part, [1.0 if item.local_correct else 0.0 for item in part]))
+            oracle_accuracy = min(1.0, local_accuracy + share)
             outcomes = {
                 "a": (live["a"], confidence_points), "b": (live["b"], learned_points),
                 "c": (by_floor(part, [item.confidence for item in part], fixed), confidence_points),
                 "d": (Routed(random_accuracy, share, mean_local + share * mean_premium, share), random_points),
+                "e": (Routed(oracle_accuracy, share, mean_local + share * mean_premium, pgr(oracle_accuracy, local_accuracy)),
+                      oracle_points),
             }
             for name, (routed, points) in outcomes.items():
                 evaluation = (sum(evaluations_by_half[name, half], Decimal("0")) / len(part) * PER_MILLION
                               if name in policies else None)
-                if half == 0 or name == "d":
+                if half == 0 or name in ("d", "e"):
                     runs = "—"
                 else:
                     k, series = regained[name]
@@ -468,7 +473,7 @@ def run() -> Table:
             same_confidence = curves.curve(labelled(scored, [item.confidence for item in scored]))
             apgr, cpt = curves.apgr(refit_points), curves.cpt(refit_points, TARGET)
             summary[half, "b'"] = {"apgr": apgr, "confidence_apgr": curves.apgr(same_confidence), "scored": len(scored)}
-            rows.insert(len(rows) - 2, [
+            rows.insert(len(rows) - 3, [
                 f"{half + 1}", LABELS["b'"], "—", "—", "—", "—", "—", f"{quality_at(refit_points, share):.1%}", f"{apgr:.3f}",
                 "—" if cpt is None else f"{cpt:.1%}", "—",
             ])
@@ -502,15 +507,15 @@ def run() -> Table:
         # The tuner's own check for a shift inside its window (PSI of its last hours' confidences against
         # the rest): the largest it saw per half, and the runs after the shift that narrowed their window.
         shift_psi: dict[int, float] = {}
-        narrowed = 0
+        narrowed = [0, 0]
         for created_at, evidence in ThresholdChange.objects.filter(
             policy=policies["a"], decided_by=ThresholdChange.DecidedBy.TUNER,
         ).values_list("created_at", "evidence"):
-            psi_seen = (evidence or {}).get("recent_shift_psi")
+            seen = (evidence or {}).get("recent_shift")
             half_of = int(created_at > start + timedelta(hours=shift_hour))
-            if psi_seen is not None:
-                shift_psi[half_of] = max(shift_psi.get(half_of, 0.0), psi_seen)
-                narrowed += half_of and psi_seen > curves.PSI_SHIFTED
+            if seen is not None:
+                shift_psi[half_of] = max(shift_psi.get(half_of, 0.0), seen["psi"])
+                narrowed[half_of] += bool(seen["shifted"])
         lengths = [len(item.text) for item in items]
         elapsed = time.perf_counter() - started
 
@@ -527,6 +532,13 @@ def run() -> Table:
         apgr_rc = [summary[h, "b'"]["confidence_apgr"] for h in (0, 1)]
         scored_r = [summary[h, "b'"]["scored"] for h in (0, 1)]
         apgr_a = [summary[h, "a"]["apgr"] for h in (0, 1)]
+        apgr_e = [summary[h, "e"]["apgr"] for h in (0, 1)]
+
+        def headroom(h: int) -> str:
+            gap = apgr_e[h] - apgr_a[h]
+            closed = (apgr_r[h] - apgr_rc[h]) / gap if gap > 0 else float("nan")
+            return (f"half {h + 1}: the oracle (e) {apgr_e[h]:.3f}, {gap:.3f} above confidence routing "
+                    f"({'room for' if gap >= APGR_LEAD else 'no room for'} a lead of {APGR_LEAD}); (b′) closes {closed:.0%} of it")
         k_a, k_b, k_c = regained["a"][0], regained["b"][0], regained["c"][0]
         regain_ok = (k_a is not None and k_a <= REGAIN_RUNS and k_b is not None and k_b <= REGAIN_RUNS and k_c != 0)
         notes = [
@@ -595,10 +607,12 @@ def run() -> Table:
             f"against {apgr_a[0]:.3f} and {apgr_a[1]:.3f}). After the shift (a) and (b) regain PGR ≥ {TARGET} within "
             f"{REGAIN_RUNS} runs where (c) does not: {verdict(regain_ok)} ((a): {describe(k_a)}, (b): {describe(k_b)}, "
             f"(c) {'meets it without any run' if k_c == 0 else 'misses it'}).",
+            f"The ceiling: no router can beat the oracle (e), which escalates exactly the wrong local answers first — "
+            f"{headroom(0)}; {headroom(1)}.",
             f"The tuner's check for a shift within its window (PSI of the last {tuning.RECENT_HOURS} hours' confidences "
-            f"against the rest; above {curves.PSI_SHIFTED} it tunes on the last hours only), (a)'s policy: largest PSI "
-            f"{shift_psi.get(0, 0.0):.3f} in half 1, {shift_psi.get(1, 0.0):.3f} in half 2; {narrowed} run(s) of half 2 narrowed "
-            "their window.",
+            f"against the rest; above the larger of {curves.PSI_STABLE} and the PSI sampling alone exceeds once in a hundred "
+            f"checks, it tunes on the last hours only), (a)'s policy: largest PSI {shift_psi.get(0, 0.0):.3f} in half 1, "
+            f"{shift_psi.get(1, 0.0):.3f} in half 2; runs that narrowed their window: {narrowed[0]} in half 1, {narrowed[1]} in half 2.",
             f"Runtime {elapsed / 60:.1f} min ({serving:.0f} s serving {2 * len(items):,} requests, "
             f"{teacher_server.answered:,} teacher calls); seed {SEED}.",
         ]
@@ -620,4 +634,5 @@ LABELS = {
     "b'": "(b′) learned router refit every run (scores only)",
     "c": "(c) floor calibrated once on half 1",
     "d": "(d) random at (a)'s share",
+    "e": "(e) oracle: knows which local answers are wrong",
 }

@@ -371,6 +371,17 @@ def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) ->
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
+def psi_noise_limit(n_reference: int, n_current: int, *, bins: int = 10, false_alarm: float = 0.01) -> float:
+    """The PSI that two samples of these sizes drawn from one distribution exceed with probability
+    `false_alarm`. With no shift, PSI · n_r·n_c / (n_r + n_c) is close to χ² with bins − 1 degrees of
+    freedom (for a hundred scores a side and more), so small samples need a larger PSI to count."""
+    if n_reference < 1 or n_current < 1:
+        raise ValueError("PSI needs scores in both the reference and the current window.")
+    from scipy.stats import chi2  # scipy comes with scikit-learn; only the tuner and drift check ask
+
+    return float(chi2.ppf(1.0 - false_alarm, bins - 1) * (1.0 / n_reference + 1.0 / n_current))
+
+
 def psi_reading(value: float) -> Literal["stable", "moderate", "shifted"]:
     """The conventional reading of a PSI value."""
     if value < PSI_STABLE:

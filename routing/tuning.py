@@ -194,12 +194,13 @@ def tune(policy: RoutingPolicy, *, now: datetime | None = None) -> ThresholdChan
         # After a drift the old records describe another traffic: look at the recent ones only.
         days = max(0.25, days / 4)
     shift = recent_shift(policy, days=days, now=now)
-    if shift is not None and shift > curves.PSI_SHIFTED:
+    shifted = shift is not None and shift.shifted
+    if shifted:
         # The traffic changed within the window (the daily drift check would see it a day late): the
         # curve of the last hours only, and a router fitted on them.
         days = RECENT_HOURS / 24
     fitted = None
-    if router_due(policy, now=now) or (shift is not None and shift > curves.PSI_SHIFTED):
+    if router_due(policy, now=now) or shifted:
         fitted = fit_router(policy, days=days, now=now)
     evaluation = evaluate(policy, days=days, now=now)
     cap, cap_reason = premium_share_cap(policy, evaluation.window, now=now)
@@ -214,7 +215,7 @@ def tune(policy: RoutingPolicy, *, now: datetime | None = None) -> ThresholdChan
         "target": {"metric": policy.quality_metric, "value": policy.quality_target},
         "budget": {"max_premium_share": _rounded(cap), "why": cap_reason},
         "drift_window": policy.drift_flagged_at is not None,
-        "recent_shift_psi": _rounded(shift),
+        "recent_shift": shift.evidence() if shift is not None else None,
         "router": _router_evidence(policy, fitted),
         "projected": {"premium_share": _rounded(decision.premium_share), "quality": _rounded(decision.quality),
                       "pgr": _rounded(decision.pgr), "cost_per_answer": _rounded(decision.cost, 8)},
@@ -330,12 +331,32 @@ def _router_evidence(policy: RoutingPolicy, fitted: LearnedRouter | None) -> dic
 
 
 RECENT_HOURS = 3  # the tuner compares its window's last hours with the rest of it
-MIN_SHIFT_SCORES = 50
+# Below this many scores a side the χ² reading of PSI (curves.psi_noise_limit) is too rough to act on.
+MIN_SHIFT_SCORES = 100
 
 
-def recent_shift(policy: RoutingPolicy, *, days: float, now: datetime | None = None) -> float | None:
-    """PSI of the local models' confidences over the window's last RECENT_HOURS against the rest of the
-    window; None when either side has too few answers to compare."""
+@dataclass(frozen=True)
+class Shift:
+    """The PSI of the window's last hours against the rest, and the PSI above which it is a shift: the
+    larger of the conventional "moderate" level and what sampling alone exceeds once in a hundred checks."""
+
+    psi: float
+    limit: float
+    recent: int
+    older: int
+
+    @property
+    def shifted(self) -> bool:
+        return self.psi > self.limit
+
+    def evidence(self) -> dict[str, Any]:
+        return {"psi": _rounded(self.psi), "limit": _rounded(self.limit), "recent": self.recent, "older": self.older,
+                "shifted": self.shifted}
+
+
+def recent_shift(policy: RoutingPolicy, *, days: float, now: datetime | None = None) -> Shift | None:
+    """How far the local models' confidences over the window's last RECENT_HOURS moved from the rest of
+    the window; None when either side has too few answers to compare."""
     until = now or timezone.now()
     split, since = until - timedelta(hours=RECENT_HOURS), until - timedelta(days=days)
     if split <= since:
@@ -346,7 +367,10 @@ def recent_shift(policy: RoutingPolicy, *, days: float, now: datetime | None = N
     older = list(answers.filter(created_at__gte=since, created_at__lt=split).values_list("confidence", flat=True)[:20_000])
     if len(recent) < MIN_SHIFT_SCORES or len(older) < MIN_SHIFT_SCORES:
         return None
-    return curves.psi(older, recent)
+    # A tuner run only narrows its own window on a shift (cheap, and undone by the next stable run), so it
+    # acts from a moderate shift on; the daily drift check, which raises alerts, waits for PSI_SHIFTED.
+    limit = max(curves.PSI_STABLE, curves.psi_noise_limit(len(older), len(recent)))
+    return Shift(psi=curves.psi(older, recent), limit=limit, recent=len(recent), older=len(older))
 
 
 def tune_all(*, now: datetime | None = None) -> list[ThresholdChange]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from routing.curves import (
-    PSI_SHIFTED, PSI_STABLE, CurvePoint, Decision, Labelled, apgr, at_floor, choose_floor, cpt, curve, psi, psi_reading,
+    PSI_SHIFTED, PSI_STABLE, CurvePoint, Decision, Labelled, apgr, at_floor, choose_floor, cpt, curve, psi, psi_noise_limit, psi_reading,
     random_routing_curve,
 )
 
@@ -320,3 +320,14 @@ def test_saturated_scores_share_their_edges_and_empty_bins_stay_finite():
 def test_psi_needs_scores_on_both_sides():
     with pytest.raises(ValueError):
         psi([], [0.5])
+
+
+def test_the_psi_noise_limit_is_exceeded_by_chance_about_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    limit = psi_noise_limit(2100, 300)
+    alarms = sum(psi(rng.beta(2, 1, 2100), rng.beta(2, 1, 300)) > limit for _ in range(400))
+    assert alarms <= 12  # 1% asked for: 4 expected out of 400, and the sampling spread around it
+    # Fewer scores, more noise: a small sample needs a larger PSI before it counts as a shift.
+    assert psi_noise_limit(100, 100) > psi_noise_limit(1000, 1000) > psi_noise_limit(10_000, 10_000)
+    with pytest.raises(ValueError):
+        psi_noise_limit(0, 10)

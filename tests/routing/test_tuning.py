@@ -283,7 +283,8 @@ def test_a_shift_within_the_window_makes_the_tuner_look_at_the_last_hours_only(l
     # The last hours: short, unsure texts — confidences far lower, half of them wrong.
     labelled(lid_policy, [(rng.uniform(0.1, 0.5), float(rng.random() < 0.5)) for _ in range(150)], hours_ago=1)
     change = tuning.tune(lid_policy)
-    assert change.evidence["recent_shift_psi"] > 0.25
+    shift = change.evidence["recent_shift"]
+    assert shift["shifted"] and shift["psi"] > shift["limit"] and shift["recent"] == 150
     since, until = (datetime.fromisoformat(change.evidence["window"][k]) for k in ("since", "until"))
     assert until - since == timedelta(hours=tuning.RECENT_HOURS)
     assert change.evidence["samples"] == 150  # only the recent labels speak
@@ -293,4 +294,15 @@ def test_a_stable_window_is_tuned_whole(lid_policy):
     labelled(lid_policy, separated(seed=1), hours_ago=12)
     labelled(lid_policy, separated(seed=2), hours_ago=1)
     change = tuning.tune(lid_policy)
-    assert change.evidence["recent_shift_psi"] < 0.25 and change.evidence["samples"] == 800
+    assert not change.evidence["recent_shift"]["shifted"] and change.evidence["samples"] == 800
+
+
+def test_a_moderate_shift_over_enough_answers_narrows_the_window_too(lid_policy):
+    """The drift alert waits for PSI 0.25; the tuner acts on less once sampling cannot explain it."""
+    rng = random.Random(3)
+    labelled(lid_policy, [(rng.uniform(0.3, 1.0), 1.0) for _ in range(2000)], hours_ago=12)
+    # A quarter of the last hours' answers now sit low in the same range: no bin empties, PSI ~0.15.
+    labelled(lid_policy, [(rng.uniform(0.3, 0.5) if rng.random() < 0.25 else rng.uniform(0.3, 1.0), 1.0)
+                          for _ in range(400)], hours_ago=1)
+    shift = tuning.tune(lid_policy).evidence["recent_shift"]
+    assert 0.1 < shift["psi"] < 0.25 and shift["limit"] < shift["psi"] and shift["shifted"]
