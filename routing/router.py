@@ -196,6 +196,8 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
     pending = list(range(len(items)))  # the items no candidate has answered yet, in the request's order
     # Escalated items' local answers, by item: compared with the answer that replaced them (a quality signal).
     escalated_local: dict[int, tuple[InferenceRecord, Any]] = {}
+    local_specs: dict[Any, ModelSpec] = {}  # by record id: the local attempts whose items escalated
+    invalid: set[int] = set()  # items escalated because their local answer failed validation
     for spec, held, record, may_pass_on in walk:
         batch = [items[i] for i in pending]
         try:
@@ -236,6 +238,8 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
                 answers[pending[j]], item_models[pending[j]] = outcome.values[j], spec.slug
             if spec.is_local:
                 escalated_local.update({pending[j]: (record, outcome.values[j]) for j in escalate})
+                local_specs[record.pk] = spec
+            invalid.update(pending[j] for j in escalate if judged[j].problem)
             walk.pass_on(record, f"escalated from {spec.slug}{share}: {why}", cause)
             pending = [pending[j] for j in escalate]
             # The next attempt is held and recorded for the escalated items only: its cost follows them.
@@ -251,7 +255,24 @@ def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callab
             shadow.sample(policy=policy, record=record, candidates=walk.candidates, items=items, values=answers,
                           summary=summary)
         return Routed(values=answers, record=record, spec=spec, attempts=walk.attempts, item_models=item_models)
+    if pending and all(i in escalated_local and i not in invalid for i in pending):
+        return _served_below_floor(walk, pending=pending, escalated_local=escalated_local, local_specs=local_specs,
+                                   answers=answers, item_models=item_models)
     raise walk.exhausted()
+
+
+def _served_below_floor(walk: Walk, *, pending: list[int], escalated_local: dict[int, tuple[InferenceRecord, Any]],
+                        local_specs: dict[Any, ModelSpec], answers: list[Any], item_models: list[str]) -> Routed:
+    """Every candidate after the local model failed: its answers under the floor (none of them failing
+    validation) serve rather than an error — a low-confidence answer is still an answer. Its record says so."""
+    record = escalated_local[pending[0]][0]
+    for i in pending:
+        answers[i], item_models[i] = escalated_local[i][1], escalated_local[i][0].model_slug
+    record.status = InferenceRecord.Status.OK
+    record.routing_reason += f"; served below the floor: every escalation failed ({walk.last_error or 'no candidate left'})"
+    InferenceRecord.objects.filter(pk=record.pk).update(status=record.status, routing_reason=record.routing_reason)
+    logger.warning("escalation failed; local answer served", extra={"model": record.model_slug, "items": len(pending)})
+    return Routed(values=answers, record=record, spec=local_specs[record.pk], attempts=walk.attempts, item_models=item_models)
 
 
 @dataclass

@@ -147,3 +147,36 @@ def test_a_cached_split_answer_still_says_who_answered_each_item(api, alice, spl
     assert again["cached"] is True and again["results"] == first["results"]
     assert [r["model"] for r in again["results"]][:2] == ["zero-shot-minilm", "gpt-classify"]
     assert len(fake_providers.requests_to("/v1/chat/completions")) == 2  # the repeat cost nothing
+
+
+def test_when_the_escalation_fails_the_local_answers_under_the_floor_serve_and_the_record_says_so(
+    api, alice, split_policy, fake_providers
+):
+    fake_providers.status(400, times=10)  # a client error: not retried, the premium attempt fails at once
+    response = post(api, "/v1/classify", {"texts": TEXTS, "labels": LABELS}, alice, HTTP_X_REQUEST_ID="split-0006")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [r["model"] for r in body["results"]] == ["zero-shot-minilm"] * 5
+    local, escalation = records("split-0006")
+    assert (local.status, local.items_escalated) == ("ok", 2)
+    assert "served below the floor: every escalation failed" in local.routing_reason
+    assert (escalation.status, escalation.cost) == ("error", 0)
+    assert Decimal(body["cost"]) == local.cost  # nothing charged for the failed premium attempt
+
+
+def test_an_answer_that_failed_validation_is_never_served_when_the_escalation_fails(
+    api, alice, split_policy, fake_providers, monkeypatch
+):
+    """An empty transcript or a cut translation is no answer: without a premium one the caller gets the error.
+    The checks of those tasks are tested in test_quality; here one classification item is made to fail its check."""
+    from routing import quality
+
+    real = quality._CHECKS["classification"]
+    monkeypatch.setitem(quality._CHECKS, "classification", lambda given, produced: (
+        quality.Verdict(confidence=0.0, problem="the answer failed its check") if given.text == TEXTS[1] else real(given, produced)))
+    fake_providers.status(400, times=10)
+    response = post(api, "/v1/classify", {"texts": TEXTS, "labels": LABELS}, alice, HTTP_X_REQUEST_ID="split-0007")
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_failed"
+    local, escalation = records("split-0007")
+    assert local.escalation_cause == "" and "served below the floor" not in local.routing_reason
+    assert escalation.status == "error" and escalation.escalation_cause == "validation"
