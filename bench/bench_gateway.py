@@ -99,8 +99,7 @@ def run() -> Table:
     from django.db import connection
     from django.db.models import Count
 
-    from registry.models import ModelSpec
-    from routing.models import InferenceRecord, ProviderCredential
+    from routing.models import InferenceRecord
     from tenants import services
 
     tenant = services.create_tenant(slug="bench-gateway", name="Bench gateway")
@@ -115,16 +114,7 @@ def run() -> Table:
         try:
             fake = _start_fake(workdir)
             children.append(fake)
-            fake_url = f"http://127.0.0.1:{_read_port(fake)}"
-
-            credential = ProviderCredential(tenant=None, kind="openai", base_url=f"{fake_url}/v1")
-            credential.set_api_key(OPERATOR_KEY)
-            credential.save()
-            ModelSpec.objects.create(
-                slug=SPEC_SLUG, display_name="Bench GPT", task="generation", backend="openai", source_kind="provider",
-                source="gpt-bench-upstream", tier="premium", options={"base_url": f"{fake_url}/v1"},
-                price_input_per_1k_tokens="0.5", price_output_per_1k_tokens="1.5",
-            )
+            fake_url = fake_premium_chat(fake, slug=SPEC_SLUG, display_name="Bench GPT")
 
             port = _free_port()
             gateway_url = f"http://127.0.0.1:{port}"
@@ -254,6 +244,24 @@ def _start_fake(workdir: Path) -> subprocess.Popen:
             [sys.executable, str(ROOT / "bench" / "gateway_fake_server.py")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True, cwd=ROOT,
         )
+
+
+def fake_premium_chat(fake: subprocess.Popen, *, slug: str, display_name: str) -> str:
+    """Register the started fake as a premium chat model reached with the operator's stored credential,
+    as an operator would; returns its base URL."""
+    from registry.models import ModelSpec
+    from routing.models import ProviderCredential
+
+    fake_url = f"http://127.0.0.1:{_read_port(fake)}"
+    credential = ProviderCredential(tenant=None, kind="openai", base_url=f"{fake_url}/v1")
+    credential.set_api_key(OPERATOR_KEY)
+    credential.save()
+    ModelSpec.objects.create(
+        slug=slug, display_name=display_name, task="generation", backend="openai", source_kind="provider",
+        source="gpt-bench-upstream", tier="premium", options={"base_url": f"{fake_url}/v1"},
+        price_input_per_1k_tokens="0.5", price_output_per_1k_tokens="1.5",
+    )
+    return fake_url
 
 
 def _read_port(fake: subprocess.Popen) -> int:

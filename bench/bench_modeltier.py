@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from bench_gateway import MESSAGES, OPERATOR_KEY, Measure, Target, _free_port, _read_port, _script, _start_fake, _stop, _wrk
+from bench_gateway import MESSAGES, Measure, Target, _free_port, _script, _start_fake, _stop, _wrk, fake_premium_chat
 from harness import ROOT, Table, corpus
 
 HERE = Path(__file__).resolve().parent
@@ -148,7 +148,7 @@ def run() -> Table:
     from inference.pool import ModelPool
     from registry.models import ModelSpec
     from registry.services import ensure_prepared, register_starter_pack
-    from routing.models import InferenceRecord, ProviderCredential
+    from routing.models import InferenceRecord
     from tenants import services
 
     register_starter_pack()
@@ -177,15 +177,7 @@ def run() -> Table:
         try:
             fake = _start_fake(workdir)
             children.append(fake)
-            fake_url = f"http://127.0.0.1:{_read_port(fake)}"
-            credential = ProviderCredential(tenant=None, kind="openai", base_url=f"{fake_url}/v1")
-            credential.set_api_key(OPERATOR_KEY)
-            credential.save()
-            ModelSpec.objects.create(
-                slug=CHAT_SLUG, display_name="Bench model tier GPT", task="generation", backend="openai",
-                source_kind="provider", source="gpt-bench-upstream", tier="premium", options={"base_url": f"{fake_url}/v1"},
-                price_input_per_1k_tokens="0.5", price_output_per_1k_tokens="1.5",
-            )
+            fake_premium_chat(fake, slug=CHAT_SLUG, display_name="Bench model tier GPT")
             for label, workers in ((f"default: {os.cpu_count()} web workers (one per core)", None), ("1 web worker (--workers 1)", 1)):
                 serves.append(_start_serve(workdir, label, workers=workers, database_url=database_url,
                                            secret_key=settings.SECRET_KEY, model_cache=settings.MODELGATE_MODEL_CACHE))
