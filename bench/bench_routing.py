@@ -274,8 +274,8 @@ def run() -> Table:
         initial_floor = policies["a"].confidence_floor
 
         # (a) routes by confidence alone: its tuner never fits a learned router. (b) is the tuner as shipped.
-        def router_due(policy: RoutingPolicy, *, now: datetime | None = None) -> bool:
-            return False if policy.pk == policies["a"].pk else original_router_due(policy, now=now)
+        def router_due(policy: RoutingPolicy, *, now: datetime | None = None, shifted: bool = False) -> bool:
+            return False if policy.pk == policies["a"].pk else original_router_due(policy, now=now, shifted=shifted)
 
         tuning.router_due = router_due
 

@@ -200,7 +200,7 @@ def tune(policy: RoutingPolicy, *, now: datetime | None = None) -> ThresholdChan
         # curve of the last hours only, and a router fitted on them.
         days = RECENT_HOURS / 24
     fitted = None
-    if router_due(policy, now=now) or shifted:
+    if router_due(policy, now=now, shifted=shifted):
         fitted = fit_router(policy, days=days, now=now)
     evaluation = evaluate(policy, days=days, now=now)
     cap, cap_reason = premium_share_cap(policy, evaluation.window, now=now)
@@ -228,10 +228,12 @@ ROUTER_REFIT = timedelta(days=1)  # at most one fit a day, unless a drift asks f
 ROUTER_MARGIN = 0.0  # a new router must beat the one in use by more than this on the same held-out records
 
 
-def router_due(policy: RoutingPolicy, *, now: datetime | None = None) -> bool:
-    """A (re)fit is due without a router yet, after a drift, a day after the last fit, or as soon as the
-    labels gathered since the last fit are as many as it was fitted on (traffic that changes fast gets
-    fresh routers fast, quiet traffic one a day)."""
+def router_due(policy: RoutingPolicy, *, now: datetime | None = None, shifted: bool = False) -> bool:
+    """A (re)fit is due without a router yet, after a drift or a shift within the tuner's window
+    (`shifted`), a day after the last fit, or as soon as the labels gathered since the last fit are as
+    many as it was fitted on (traffic that changes fast gets fresh routers fast, quiet traffic one a day)."""
+    if shifted:
+        return True
     latest = (LearnedRouter.objects.filter(policy=policy).order_by("-created_at")
               .values("created_at", "trained_on", "held_out").first())
     if latest is None:
