@@ -1,19 +1,30 @@
 """Operator screens: routing policies with their routing curve and floor decisions (lock, set, roll back),
-every inference with its route, cost and outcome (mark good or bad), learned routers and quality signals."""
+every inference with its route, cost and outcome (a request's attempts as one trace, mark good or bad, CSV),
+the operator dashboard, learned routers and quality signals."""
 from __future__ import annotations
 
+import csv
 import json
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.functional import cached_property
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from routing import tuning
+from registry.models import ModelSpec
+from routing import dashboard, tuning
 from routing.models import InferenceRecord, LearnedRouter, ProviderCredential, QualitySignal, RoutingPolicy, ThresholdChange
 
 
@@ -202,17 +213,100 @@ class QualitySignalAdmin(admin.ModelAdmin):
         return False
 
 
+class ModelSlugFilter(admin.SimpleListFilter):
+    """Models from the registry: listing the distinct slugs of the records would read every record."""
+
+    title = "model"
+    parameter_name = "model_slug"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(slug, slug) for slug in ModelSpec.objects.order_by("slug").values_list("slug", flat=True)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[InferenceRecord]) -> QuerySet[InferenceRecord]:
+        return queryset.filter(model_slug=self.value()) if self.value() else queryset
+
+
+class EstimatedCountPaginator(Paginator):
+    """Counts exactly up to COUNT_CAP rows (COUNT over a LIMITed subquery: an index range, never the whole
+    table) and beyond that takes PostgreSQL's planner estimate: `COUNT(*)` of millions of records is the slow
+    part of a changelist, and nobody pages to the ten-thousandth row (they filter)."""
+
+    COUNT_CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        rows = self.object_list.select_related(None).order_by()
+        exact = rows[: self.COUNT_CAP + 1].count()
+        if exact <= self.COUNT_CAP:
+            return exact
+        try:
+            plan = json.loads(rows.explain(format="json"))
+            estimate = int(plan[0]["Plan"]["Plan Rows"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            estimate = 0
+        return max(exact, estimate)
+
+
+EXPORT_MAX_ROWS = 100_000
+EXPORT_COLUMNS = ["created_at", "id", "request_id", "tenant", "api_key", "task", "model", "tier", "status", "purpose",
+                  "items", "unit", "units_in", "units_out", "queue_ms", "compute_ms", "latency_ms", "reserved_cost", "cost",
+                  "complexity", "confidence", "score", "floor", "threshold", "escalation_cause", "items_escalated",
+                  "escalated_from", "cached", "error_code", "feedback_score", "routing_reason", "input_preview",
+                  "output_preview"]
+EXPORT_VALUES = ["created_at", "id", "request_id", "tenant__slug", "api_key__prefix", "task", "model_slug", "tier", "status",
+                 "purpose", "items", "unit", "units_in", "units_out", "queue_ms", "compute_ms", "latency_ms", "reserved_cost",
+                 "cost", "complexity", "confidence", "score", "floor", "threshold", "escalation_cause", "items_escalated",
+                 "escalated_from_id", "cached", "error_code", "feedback_score", "routing_reason", "input_preview",
+                 "output_preview"]
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell(value: Any) -> Any:
+    """Tenants' text opens in spreadsheets: a leading = + - @ would run as a formula there."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return "" if value is None else value
+
+
+def records_csv(rows: QuerySet[InferenceRecord], filename: str) -> StreamingHttpResponse:
+    """At most EXPORT_MAX_ROWS rows in the changelist's order, streamed in chunks (a header says when more matched)."""
+    truncated = rows.select_related(None).order_by()[: EXPORT_MAX_ROWS + 1].count() > EXPORT_MAX_ROWS
+
+    def lines() -> Iterator[str]:
+        writer = csv.writer(_Echo())
+        yield writer.writerow(EXPORT_COLUMNS)
+        for values in rows.values_list(*EXPORT_VALUES)[:EXPORT_MAX_ROWS].iterator(chunk_size=2000):
+            yield writer.writerow([_cell(value) for value in values])
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    if truncated:
+        response["X-Export-Truncated"] = str(EXPORT_MAX_ROWS)
+    return response
+
+
 @admin.register(InferenceRecord)
 class InferenceRecordAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "tenant", "task", "model_slug", "tier", "status", "latency_ms", "cost",
+    list_display = ["created_at", "tenant", "task", "model_slug", "tier", "status", "latency", "money",
                     "confidence", "escalation_cause", "cached", "feedback_score"]
-    list_filter = ["status", "task", "tier", "purpose", "escalation_cause", "cached", "model_slug", "tenant", "created_at"]
-    search_fields = ["=request_id", "=id", "model_slug", "tenant__slug", "input_preview"]
-    date_hierarchy = "created_at"
+    # Every filter is an index range or a short walk down the time index: no DISTINCT over the records.
+    list_filter = ["status", "task", "tier", "purpose", "escalation_cause", "cached", ModelSlugFilter, "tenant", "created_at"]
+    search_fields = ["=request_id", "=model_slug", "=tenant__slug"]
     list_select_related = ["tenant"]
     show_full_result_count = False  # counting millions of rows on every page is the slow part
+    paginator = EstimatedCountPaginator
+    change_form_template = "admin/routing/inferencerecord/change_form.html"
+    change_list_template = "admin/routing/inferencerecord/change_list.html"
     readonly_fields = [field.name for field in InferenceRecord._meta.fields]
-    actions = ["mark_good", "mark_bad"]
+    actions = ["mark_good", "mark_bad", "export_selected_csv"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -223,6 +317,38 @@ class InferenceRecordAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[InferenceRecord]:
         return super().get_queryset(request).defer("input_text")
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> InferenceRecord | None:
+        # The page links the tenant, key, model, policy and the attempt before: one query for all of them.
+        queryset = self.get_queryset(request).select_related("tenant", "api_key", "model", "policy", "escalated_from")
+        try:
+            return queryset.get(pk=InferenceRecord._meta.pk.to_python(object_id))
+        except (InferenceRecord.DoesNotExist, ValidationError, ValueError):
+            return None
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[InferenceRecord],
+                           search_term: str) -> tuple[QuerySet[InferenceRecord], bool]:
+        # A record's id pasted into the search box finds it (the request id, model and tenant are exact).
+        try:
+            record_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(pk=record_id), False
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, record: InferenceRecord) -> str:
+        return dashboard.format_ms(record.latency_ms)
+
+    @admin.display(description="cost", ordering="cost")
+    def money(self, record: InferenceRecord) -> str:
+        return dashboard.format_money(record.cost)
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], add: bool = False, change: bool = False,
+                           form_url: str = "", obj: InferenceRecord | None = None) -> TemplateResponse:
+        if obj is not None:
+            context["trace"] = dashboard.request_trace(obj)
+            context["record"] = obj
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     @admin.action(description="Mark good (a quality signal for self-tuning)")
     def mark_good(self, request: HttpRequest, queryset: QuerySet[InferenceRecord]) -> None:
         self._review(request, queryset, 1.0)
@@ -230,6 +356,10 @@ class InferenceRecordAdmin(admin.ModelAdmin):
     @admin.action(description="Mark bad (a quality signal for self-tuning)")
     def mark_bad(self, request: HttpRequest, queryset: QuerySet[InferenceRecord]) -> None:
         self._review(request, queryset, 0.0)
+
+    @admin.action(description="Export the selected records as CSV")
+    def export_selected_csv(self, request: HttpRequest, queryset: QuerySet[InferenceRecord]) -> StreamingHttpResponse:
+        return records_csv(queryset.order_by("-created_at", "-pk"), "records-selected.csv")
 
     def _review(self, request: HttpRequest, queryset: QuerySet[InferenceRecord], agreement: float) -> None:
         operator = request.user.get_username()
@@ -241,6 +371,94 @@ class InferenceRecordAdmin(admin.ModelAdmin):
             )
             done += 1
         self.message_user(request, f"{done} records marked {'good' if agreement else 'bad'}.")
+
+    # --- the export and the dashboard ------------------------------------------------------------------
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("export/", view(self.export_view), name="routing_inferencerecord_export"),
+            path("dashboard/", view(self.dashboard_view), name="routing_dashboard"),
+            *super().get_urls(),
+        ]
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """The changelist as filtered (same query string), newest first, at most EXPORT_MAX_ROWS rows."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            rows = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            return HttpResponseRedirect(reverse("admin:routing_inferencerecord_changelist") + "?e=1")
+        return records_csv(rows, "records.csv")
+
+    def dashboard_view(self, request: HttpRequest) -> TemplateResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from billing.admin import UsageRangeForm
+
+        form = UsageRangeForm(request.GET or {})
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Dashboard", "form": form,
+        }
+        if form.is_valid():
+            span = dashboard.Span(start=form.cleaned_data["start"], end=form.cleaned_data["end"], tenant=form.cleaned_data["tenant"])
+            context.update(dashboard_context(span))
+        return TemplateResponse(request, "admin/routing/dashboard.html", context)
+
+
+def dashboard_context(span: dashboard.Span) -> dict[str, Any]:
+    """Everything the dashboard shows, and the series its charts draw (handed to the page as JSON)."""
+    buckets = dashboard.series(span)
+    latency = dashboard.latency_by_model(span)
+    policy_list = dashboard.policies(span)
+    curves = dashboard.latest_curves(policy_list)
+    changes = dashboard.threshold_changes(span, policy_list)
+    now = timezone.now()
+    timeline = _threshold_timeline(span, policy_list, changes, now=now)
+    return {
+        "span": span, "totals": dashboard.totals(span), "series": buckets, "latency": latency,
+        "budgets": dashboard.budgets(span, now=now),
+        "policies": [
+            {"policy": policy, "curve": curves.get(policy.pk),
+             "svg": curve_svg(curves[policy.pk]["points"], current=curves[policy.pk]["current"], width=360, height=210)
+             if policy.pk in curves else ""}
+            for policy in policy_list
+        ],
+        "threshold_changes": changes,
+        "drift_alerts": dashboard.drift_alerts(span),
+        "drifting_policies": [policy for policy in policy_list if policy.drift_flagged_at],
+        "pool": dashboard.pool_state(),
+        "chart_data": {
+            "granularity": "hour" if span.hourly else "day",
+            "labels": [bucket["label"] for bucket in buckets],
+            "local_requests": [bucket["local_requests"] for bucket in buckets],
+            "premium_requests": [bucket["premium_requests"] for bucket in buckets],
+            "local_cost": [float(bucket["local_cost"]) for bucket in buckets],
+            "premium_cost": [float(bucket["premium_cost"]) for bucket in buckets],
+            "latency": {"models": [row["model_slug"] or "(none)" for row in latency],
+                        "p50": [row["p50"] for row in latency], "p95": [row["p95"] for row in latency]},
+            "thresholds": timeline,
+        },
+    }
+
+
+def _threshold_timeline(span: dashboard.Span, policy_list: list[RoutingPolicy], changes: list[ThresholdChange], *,
+                        now: Any) -> list[dict[str, Any]]:
+    """Each policy's floor as a step line over the span: where it stood at the start, every decision, now."""
+    by_policy: dict[int, list[ThresholdChange]] = {}
+    for change in changes:
+        by_policy.setdefault(change.policy_id, []).append(change)
+    end = min(span.until, now)
+    lines = []
+    for policy in policy_list:
+        decided = by_policy.get(policy.pk)
+        if not decided:
+            continue
+        points = [{"x": span.since.timestamp() * 1000, "y": decided[0].old}]
+        points += [{"x": change.created_at.timestamp() * 1000, "y": change.new} for change in decided]
+        points.append({"x": end.timestamp() * 1000, "y": policy.confidence_floor if span.until > now else decided[-1].new})
+        lines.append({"label": str(policy), "points": points})
+    return lines
 
 
 class ProviderCredentialForm(forms.ModelForm):

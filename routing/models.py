@@ -183,6 +183,9 @@ class InferenceRecord(models.Model):
             models.Index(fields=["model_slug", "-created_at"], name="record_model_time"),
             models.Index(fields=["created_at"], condition=Q(status="pending"), name="record_pending"),
             models.Index(fields=["policy", "-created_at"], name="record_policy_time"),
+            # The admin's changelist: newest first, unfiltered or by status (errors to review).
+            models.Index(fields=["-created_at"], name="record_time"),
+            models.Index(fields=["status", "-created_at"], name="record_status_time"),
             # Day ranges for the usage rollups: rows arrive in time order, so a block range index is tiny.
             BrinIndex(fields=["created_at"], name="record_created_brin"),
         ]
