@@ -12,6 +12,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
+    path("playground", views.playground, name="playground"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

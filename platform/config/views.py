@@ -1,9 +1,11 @@
 """Unauthenticated probes: /health says the process is alive, /ready that it can serve."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 _migrations_applied = False  # once true it stays true for this process's code
@@ -11,7 +13,27 @@ _migrations_applied = False  # once true it stays true for this process's code
 
 @require_GET
 def index(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"name": "Modelgate", "api": "/v1/", "docs": "/api/docs/", "schema": "/api/schema/", "admin": "/admin/"})
+    return JsonResponse({"name": "Modelgate", "api": "/v1/", "docs": "/api/docs/", "schema": "/api/schema/", "admin": "/admin/",
+                         "playground": "/playground"})
+
+
+# The playground holds a tenant's API key in the browser: only our own scripts may run on it, it may talk
+# to this origin only, and no other site may frame it. Recorded audio is previewed from blob: URLs.
+PLAYGROUND_CSP = "; ".join([
+    "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "media-src 'self' blob:",
+    "connect-src 'self'", "form-action 'none'", "base-uri 'none'", "frame-ancestors 'none'",
+])
+
+
+@require_GET
+def playground(request: HttpRequest) -> HttpResponse:
+    """A page for a tenant to try every task with their key. The key never reaches this view: the page's
+    script keeps it in the browser and sends it only with its own API calls, so the page needs no login."""
+    response = render(request, "playground.html", {"audio_max_seconds": settings.MODELGATE_AUDIO_MAX_SECONDS})
+    response["Content-Security-Policy"] = PLAYGROUND_CSP
+    response["Permissions-Policy"] = "microphone=(self), camera=(), geolocation=()"
+    response["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 @require_GET
