@@ -11,6 +11,18 @@ from inference.errors import InferenceError
 
 logger = logging.getLogger("modelgate.breaker")
 
+# Called as listener(name, state) when a breaker is created (closed) and whenever its state changes: how
+# the web tier exports breaker states (core.metrics) without this library knowing of metrics.
+state_listeners: list[Callable[[str, str], None]] = []
+
+
+def _changed(name: str, state: str) -> None:
+    for listener in state_listeners:
+        try:
+            listener(name, state)
+        except Exception:  # a metric must never break a call
+            logger.exception("breaker state listener failed", extra={"breaker": name})
+
 
 class CircuitOpen(InferenceError):
     """Refused without calling: the other side failed too often lately. `retry_after` is in seconds."""
@@ -48,6 +60,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_since: float | None = None
+        _changed(name, self.CLOSED)
 
     @property
     def state(self) -> str:
@@ -85,6 +98,7 @@ class CircuitBreaker:
                         retry_after=wait,
                     )
                 self._state = self.HALF_OPEN
+                _changed(self.name, self.HALF_OPEN)
             elif self._probe_since is not None and now - self._probe_since < self.cooldown:
                 wait = self._probe_since + self.cooldown - now
                 raise CircuitOpen(
@@ -100,6 +114,7 @@ class CircuitBreaker:
             if probe and self._state == self.HALF_OPEN:
                 logger.info("circuit closed", extra={"breaker": self.name})
                 self._state, self._failures, self._probe_since = self.CLOSED, 0, None
+                _changed(self.name, self.CLOSED)
             elif self._state == self.CLOSED:
                 self._failures = 0
 
@@ -109,17 +124,22 @@ class CircuitBreaker:
             if probe and self._state == self.HALF_OPEN:
                 self._state, self._opened_at, self._probe_since = self.OPEN, now, None
                 logger.warning("circuit re-opened: the probe call failed", extra={"breaker": self.name})
+                _changed(self.name, self.OPEN)
             elif self._state == self.CLOSED:
                 self._failures += 1
                 if self._failures >= self.threshold:
                     self._state, self._opened_at = self.OPEN, now
                     logger.warning("circuit opened", extra={"breaker": self.name, "failures": self._failures})
+                    _changed(self.name, self.OPEN)
             # A call admitted before the circuit opened and failing afterwards changes nothing.
 
     def reset(self) -> None:
         """Close the circuit and forget past failures (tests, or an operator who knows the provider is back)."""
         with self._lock:
+            changed = self._state != self.CLOSED
             self._state, self._failures, self._probe_since = self.CLOSED, 0, None
+            if changed:
+                _changed(self.name, self.CLOSED)
 
 
 _breakers: dict[str, CircuitBreaker] = {}

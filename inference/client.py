@@ -96,8 +96,8 @@ class RemotePool:
     def preload(self, configs: Iterable[ModelConfig]) -> list[tuple[str, str | None]]:
         return [tuple(pair) for pair in self._call({"op": "preload", "configs": list(configs)})["outcome"]]
 
-    def stats(self, slug: str | None = None) -> dict[str, Any]:
-        return self._call({"op": "stats", "slug": slug})["stats"]
+    def stats(self, slug: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._call({"op": "stats", "slug": slug}, timeout=timeout)["stats"]
 
     def loaded(self) -> list[str]:
         return self.ping()["loaded"]

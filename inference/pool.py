@@ -346,5 +346,10 @@ class ModelPool:
     def stats(self, slug: str | None = None) -> dict[str, Any]:
         if slug is not None:
             stats = self._stats.get(slug)
-            return {**stats.summary(), "loaded": slug in self._models} if stats else {"loaded": False}
-        return {name: {**s.summary(), "loaded": name in self._models} for name, s in self._stats.items()}
+            return {**stats.summary(), **self._now(slug)} if stats else {"loaded": False}
+        return {name: {**s.summary(), **self._now(name)} for name, s in self._stats.items()}
+
+    def _now(self, slug: str) -> dict[str, Any]:
+        """Whether the model is loaded and the items waiting for its batching thread now."""
+        model = self._models.get(slug)
+        return {"loaded": model is not None, "queued": model.queue.qsize() if model is not None else 0}

@@ -1,5 +1,6 @@
 """One attempt of a request on one model: its InferenceRecord (written pending at admission, completed
-or failed after) and the money held for it, which always move together."""
+or failed after) and the money held for it, which always move together. Every attempt closed here is
+counted in the Prometheus series (core.metrics) once its row is written."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +15,7 @@ from billing.models import Budget
 from billing.prices import TOKEN_TASKS, Summary, estimate_cost
 from billing.services import BudgetExceeded, Hold, Refusal
 from core.db import insert_row, update_rows
+from core.metrics import observe_attempt
 from registry.models import ModelSpec
 from routing.models import InferenceRecord, RoutingPolicy
 from tenants.models import ApiKey
@@ -105,6 +107,7 @@ def completion(record: InferenceRecord, *, status: str, values: list[Any], outco
 
 def complete(record: InferenceRecord, **fields: Any) -> None:
     update_rows(InferenceRecord.objects.filter(pk=record.pk), completion(record, **fields))
+    observe_attempt(record)
 
 
 def failure(record: InferenceRecord, *, status: str, code: str, message: str) -> dict[str, Any]:
@@ -119,6 +122,7 @@ def failure(record: InferenceRecord, *, status: str, code: str, message: str) ->
 
 def fail(record: InferenceRecord, **fields: Any) -> None:
     update_rows(InferenceRecord.objects.filter(pk=record.pk), failure(record, **fields))
+    observe_attempt(record)
 
 
 def _preview(values: list[Any]) -> str:
@@ -176,6 +180,7 @@ def refuse(refusal: Refusal, record: InferenceRecord, *, budget: Budget, spec: M
         reserved_cost=record.reserved_cost,
         **failure(record, status=InferenceRecord.Status.REJECTED, code="budget_exceeded", message=refusal.message),
     )
+    observe_attempt(record)
     if refusal.by_budget:
         from billing.alerts import budget_exhausted
 
@@ -191,12 +196,14 @@ def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **fields: Any)
     """Charge the actual cost and complete the record, together."""
     billing.settle(held, cost, record_id=record.pk,
                    update=(InferenceRecord.objects.filter(pk=record.pk), completion(record, cost=cost, **fields)))
+    observe_attempt(record)
 
 
 def release(held: Hold, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
     """Free the hold and close the record, together."""
     billing.release(held, record_id=record.pk, update=(InferenceRecord.objects.filter(pk=record.pk),
                                                        failure(record, status=status, code=code, message=message)))
+    observe_attempt(record)
 
 
 def tokens_used(record: InferenceRecord) -> float:

@@ -47,3 +47,14 @@ def post_worker_init(worker: object) -> None:
 
     connections.close_all()  # never share the master's database connections with a forked worker
     preload_models()
+
+
+def child_exit(server: object, worker: object) -> None:
+    """In the master, when a worker has exited: its live gauges (breaker states) leave /metrics; what it
+    counted stays (prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR set by `serve`)."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

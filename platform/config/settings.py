@@ -1,6 +1,7 @@
 """Modelgate settings: everything configurable comes from the environment, read strictly."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -241,6 +242,21 @@ if not re.match(r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$", MODELGATE_BIND
 MODELGATE_WEB_WORKERS = env_int("MODELGATE_WEB_WORKERS", os.cpu_count() or 1, min_value=1, max_value=64)
 # Threads of one worker share its model pool, which is what lets concurrent requests batch.
 MODELGATE_WEB_THREADS = env_int("MODELGATE_WEB_THREADS", 8, min_value=1, max_value=256)
+
+# --- Metrics (GET /metrics, Prometheus) -----------------------------------------------------
+# A scrape needs the bearer token when one is set, and to come from an allowed network when some are
+# listed (both when both are set); with neither, /metrics does not exist (404). Series name tenants.
+MODELGATE_METRICS_TOKEN = env_str("MODELGATE_METRICS_TOKEN") or None
+if MODELGATE_METRICS_TOKEN is not None and (len(MODELGATE_METRICS_TOKEN) < 16 or any(c.isspace() for c in MODELGATE_METRICS_TOKEN)):
+    raise ImproperlyConfigured("MODELGATE_METRICS_TOKEN must be at least 16 characters without spaces "
+                               "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))').")
+MODELGATE_METRICS_ALLOW = []
+for _network in env_list("MODELGATE_METRICS_ALLOW", []):
+    try:
+        MODELGATE_METRICS_ALLOW.append(ipaddress.ip_network(_network, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(f"MODELGATE_METRICS_ALLOW items are addresses or networks (10.0.0.0/8, ::1); "
+                                   f"got {_network!r}.") from None
 
 # --- Limits ---------------------------------------------------------------------------------
 MODELGATE_MAX_REQUEST_BYTES = env_int(

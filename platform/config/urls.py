@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
+from config.metrics import metrics_view
 
 admin.site.site_header = "Modelgate operations"
 admin.site.site_title = "Modelgate"
@@ -12,6 +13,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
+    path("metrics", metrics_view, name="metrics"),
     path("playground", views.playground, name="playground"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

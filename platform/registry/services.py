@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import threading
 import time
@@ -177,6 +178,33 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(exc.messages)
     return str(exc)
+
+
+STATE_TIMEOUT_SECONDS = 2.0  # a monitoring read gives up on a server that does not answer soon
+
+
+def model_servers_state() -> list[dict[str, Any]]:
+    """Each model server this process reaches, or its own pool when it has none: whether it answers
+    (`up`, else `error`), its pid, uptime, memory used and budget (MB), and every model it has seen
+    (`models`, by slug: loaded, queued items, memory, loads, batches, items, errors, batch sizes and
+    queue/compute percentiles over recent batches). For /metrics and the operators' dashboard."""
+    pool = get_pool()
+    if not isinstance(pool, Fleet):
+        return [{"address": "in-process", "up": True, "pid": os.getpid(), "uptime": None,
+                 "loaded": pool.loaded(), "used_memory_mb": pool.used_memory_mb(),
+                 "memory_budget_mb": pool.memory_budget_mb, "models": pool.stats()}]
+    servers = []
+    for address, server in pool.servers.items():
+        try:
+            ping = server.ping()
+            models = server.stats(timeout=STATE_TIMEOUT_SECONDS)
+        except (ModelServerUnavailable, TimeoutError) as exc:
+            servers.append({"address": address, "up": False, "error": str(exc), "models": {}})
+            continue
+        servers.append({"address": address, "up": True, "pid": ping.get("pid"), "uptime": ping.get("uptime"),
+                        "loaded": ping.get("loaded", []), "used_memory_mb": ping.get("used_memory_mb", 0.0),
+                        "memory_budget_mb": ping.get("memory_budget_mb"), "models": models})
+    return servers
 
 
 def preload_models() -> threading.Thread:

@@ -54,6 +54,16 @@ def _running_supervisor() -> int | None:
     return pid if pid != os.getpid() and _alive(pid) else None
 
 
+def _fresh_metrics_dir() -> Path:
+    """PROMETHEUS_MULTIPROC_DIR for this start (the operator's, else DATA_DIR/metrics), emptied: the files
+    of a previous start's processes would otherwise be summed into this one's counts."""
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.DATA_DIR / "metrics")
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return path
+
+
 class Command(BaseCommand):
     help = "Run Modelgate: migrations, first-run setup, the gunicorn web server and the django-q2 cluster."
 
@@ -83,6 +93,7 @@ class Command(BaseCommand):
         connections.close_all()
 
         _pidfile().write_text(str(os.getpid()))
+        self.metrics_dir = _fresh_metrics_dir()
         stopping: list[int] = []
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda number, frame: stopping.append(number))
@@ -157,7 +168,9 @@ class Command(BaseCommand):
 
     def _start_children(self, options: dict[str, Any], *, models: str | None) -> dict[str, subprocess.Popen[bytes]]:
         base = settings.BASE_DIR
-        env = self._env(models)
+        # Web workers and task workers count into files there, which /metrics sums (prometheus_client's
+        # multiprocess mode); the model server is asked for its statistics instead.
+        env = {**self._env(models), "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
         # Own process groups: a terminal's Ctrl-C reaches only this supervisor, which stops them in order.
         popen = dict(cwd=base, env=env, start_new_session=True)
         children = {
