@@ -5,6 +5,9 @@ worker_class = "gthread"
 timeout = 300
 graceful_timeout = 30
 keepalive = 5
+# gunicorn's longest request line (8,190 bytes, its maximum; the default is 4,094): URLs up to
+# MODELGATE_MAX_URL_BYTES (8,000) reach Django, which answers a longer one with a 414 in the error shape.
+limit_request_line = 8190
 accesslog = None  # config.middleware logs one JSON line per request, with tenant and latency
 errorlog = "-"
 logconfig_dict = {

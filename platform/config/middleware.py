@@ -1,4 +1,4 @@
-"""Request-wide middleware: request ids, the body size limit, and one access-log line per request."""
+"""Request-wide middleware: request ids, the URL and body size limits, and one access-log line per request."""
 from __future__ import annotations
 
 import logging
@@ -49,6 +49,28 @@ class RequestIdMiddleware:
             return response
         finally:
             current_request_id.reset(token)
+
+
+class UrlLimitMiddleware:
+    """Refuse a URL no route can take before anything looks it up: longer than MODELGATE_MAX_URL_BYTES (414),
+    or holding a NUL character (400), which no name, id or parameter can hold and PostgreSQL cannot compare."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.MODELGATE_MAX_URL_BYTES
+        # As the client sent it when the server says so (gunicorn's RAW_URI), else as Django spells it.
+        length = len(request.META.get("RAW_URI") or request.get_full_path())
+        if length > limit:
+            return error_response(414, "uri_too_long", f"The URL is {length} bytes; the limit is {limit} bytes.")
+        if "\x00" in request.path:
+            return error_response(400, "invalid_request", "The URL path holds a NUL character (%00), which no name or id can hold.")
+        for name, values in request.GET.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                shown = name.replace("\x00", "%00")[:64]
+                return error_response(400, "invalid_request", f"{shown}: The query parameter holds a NUL character (%00).")
+        return self.get_response(request)
 
 
 class RequestSizeLimitMiddleware:

@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
+    "config.middleware.UrlLimitMiddleware",
     "config.middleware.RequestSizeLimitMiddleware",
     "billing.middleware.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -263,6 +264,11 @@ MODELGATE_MAX_REQUEST_BYTES = env_int(
     "MODELGATE_MAX_REQUEST_BYTES", 25 * 1024 * 1024, min_value=1024, max_value=1024**3
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = MODELGATE_MAX_REQUEST_BYTES
+# How deep a JSON body may nest (objects and arrays): deeper is a 400 (core.parsers), never a RecursionError.
+MODELGATE_MAX_JSON_DEPTH = env_int("MODELGATE_MAX_JSON_DEPTH", 32, min_value=2, max_value=200)
+# The longest URL (path and query string, as sent) answered; longer is a 414 in the error shape. gunicorn
+# reads request lines of up to 8,190 bytes (config/gunicorn_conf.py): the limit stays below that.
+MODELGATE_MAX_URL_BYTES = env_int("MODELGATE_MAX_URL_BYTES", 8000, min_value=256, max_value=8000)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Keys touch last_used_at at most this often, so that a busy key costs no write per request.
 MODELGATE_KEY_LAST_USED_RESOLUTION = 60
@@ -277,9 +283,9 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["billing.ratelimits.RequestRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-        "rest_framework.parsers.FormParser",
+        "core.parsers.JSONParser",
+        "core.parsers.MultiPartParser",
+        "core.parsers.FormParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.errors.exception_handler",

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from core.errors import ApiError
 from core.logs import current_request_id
+from core.parsers import escape_unsafe, text_problem
 from embeddings.models import Collection, IngestionJob
 from embeddings.services import DocumentInput, UpsertResult, upsert_documents
 from routing.router import InputRejected
@@ -105,6 +106,8 @@ def _json_record(line: int, raw: str) -> SourceRecord:
         fields = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:
         return SourceRecord(line, None, f"Not valid JSON: {exc}.")
+    except RecursionError:
+        return SourceRecord(line, None, f"Nested deeper than {settings.MODELGATE_MAX_JSON_DEPTH} levels.")
     if not isinstance(fields, dict):
         return SourceRecord(line, None, "Each line must be a JSON object.")
     return SourceRecord(line, fields)
@@ -120,7 +123,7 @@ def _csv_record(line: int, row: dict[str, str]) -> SourceRecord:
         if raw:
             try:
                 value = json.loads(raw, parse_constant=_reject_constant)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return SourceRecord(line, None, f"The {name} cell is not valid JSON.")
             if name == "metadata":
                 if not isinstance(value, dict):
@@ -231,8 +234,12 @@ def run_job(job_id: str, *, seconds: float | None = None) -> str:
     except ApiError as exc:
         _fail(job, exc.error_code, str(exc.detail))
         return f"failed: {exc.error_code}"
-    except Exception as exc:
-        _fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
+    except Exception:
+        # What went wrong on our side stays in our logs: a tenant's job record may show SQL or paths otherwise.
+        logger.exception("ingestion job stopped on an internal error", extra={"job": str(job.pk)})
+        _fail(job, "internal_error", f"The job stopped on an error on our side after {job.done} of {job.total} records; "
+                                     f"operators can find it in the logs by job id {job.pk} (request {job.request_id}). "
+                                     "Resuming the job retries from there.")
         raise
     finally:
         current_request_id.reset(token)
@@ -298,9 +305,12 @@ def parse_chunk(
         if record.problem is not None:
             errors.append({"line": record.line, "message": record.problem})
             continue
-        document, problem = document_from_record(record.fields, collection=job.collection)
+        # A NUL or a lone surrogate anywhere in a record (a JSON \u escape, a CSV cell) cannot be stored:
+        # the record is skipped and listed, and the id it is listed under is written escaped.
+        unsafe = text_problem(record.fields, max_depth=settings.MODELGATE_MAX_JSON_DEPTH)
+        document, problem = (None, str(unsafe)) if unsafe else document_from_record(record.fields, collection=job.collection)
         if problem is not None:
-            errors.append({"line": record.line, "id": str(record.fields.get("id", ""))[:256], "message": problem})
+            errors.append({"line": record.line, "id": escape_unsafe(str(record.fields.get("id", "")))[:256], "message": problem})
             continue
         if document.id in by_id:
             earlier = by_id[document.id][0]

@@ -229,3 +229,71 @@ def test_json_lines_split_at_newlines_only(api, alice, empty):
     tasks.run_ingestion(job["id"])
     assert Document.objects.get(external_id="sep").text == documents[0]["text"]
     assert job_state(api, alice, job["id"])["inserted"] == 2
+
+
+def test_records_that_cannot_be_stored_are_skipped_and_listed_with_their_ids_escaped(api, alice, empty):
+    nested: dict = {}
+    for _ in range(40):
+        nested = {"in": nested}
+    lines = [
+        '{"id": "j\\u0000", "text": "A NUL in the id."}',
+        '{"id": "s1", "text": "A lone surrogate \\ud800 in the text."}',
+        '{"id": "k1", "text": "A NUL in a metadata key.", "metadata": {"a\\u0000b": 1}}',
+        json.dumps({"id": "deep", "text": "Metadata nested forty levels.", "metadata": nested}),
+        "[" * 5000 + "]" * 5000,
+        json.dumps({"id": "good", "text": "The cat curled up on the warm windowsill."}),
+    ]
+    job = upload(api, alice, "\n".join(lines).encode()).json()
+    assert tasks.run_ingestion(job["id"]) == "done"
+    state = job_state(api, alice, job["id"])
+    assert (state["status"], state["inserted"], state["error_count"], state["error_code"]) == ("done", 1, 5, "")
+    assert [(e["line"], e.get("id"), e["message"]) for e in state["errors"]] == [
+        (1, "j\\u0000", "id: Holds a NUL character (U+0000), which cannot be stored."),
+        (2, "s1", "text: Holds a lone surrogate (U+D800), which is not valid Unicode text."),
+        (3, "k1", "metadata: A key holds a NUL character (U+0000), which cannot be stored."),
+        (4, "deep", "metadata.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in.in: "
+                    "Nested deeper than 32 levels."),
+        (5, None, "Nested deeper than 32 levels."),
+    ]
+    assert list(Document.objects.values_list("external_id", flat=True)) == ["good"]
+
+
+def test_a_csv_cell_with_a_nul_skips_its_row(api, alice, empty):
+    data = "id,text,year\nj\x00,A NUL in the id.,2020\nok,The striker scored twice.,2021\nm,A NUL in a column.,20\x0021\n"
+    job = upload(api, alice, data.encode(), name="docs.csv").json()
+    assert tasks.run_ingestion(job["id"]) == "done"
+    state = job_state(api, alice, job["id"])
+    assert [(e["line"], e["id"], e["message"]) for e in state["errors"]] == [
+        (2, "j\\u0000", "id: Holds a NUL character (U+0000), which cannot be stored."),
+        (4, "m", "metadata.year: Holds a NUL character (U+0000), which cannot be stored."),
+    ]
+    assert list(Document.objects.values_list("external_id", flat=True)) == ["ok"]
+
+
+def test_a_json_body_that_cannot_be_stored_is_refused_before_a_job_exists(api, alice, empty):
+    response = api.post("/v1/collections/notes/jobs", '{"documents": [{"id": "j\\u0000", "text": "t"}]}',
+                        content_type="application/json", **alice.auth)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "documents.0.id: Holds a NUL character (U+0000), which cannot be stored."
+    assert not IngestionJob.objects.exists()
+
+
+def test_an_internal_error_shows_the_tenant_a_generic_message_and_the_details_only_in_the_logs(
+    api, alice, empty, monkeypatch, caplog
+):
+    from django.db import DataError
+
+    def broken(**kwargs):
+        # What PostgreSQL answers for a value it cannot hold: the statement and its parameters included.
+        raise DataError('invalid byte sequence for encoding "UTF8": 0x00\nCONTEXT: INSERT INTO "embeddings_document" ...')
+
+    job = upload(api, alice, jsonl(topic_documents()[:2]), HTTP_X_REQUEST_ID="ingest-broken").json()
+    monkeypatch.setattr(ingestion, "upsert_documents", broken)
+    with pytest.raises(DataError):  # re-raised: the task queue records the failure too
+        tasks.run_ingestion(job["id"])
+    state = job_state(api, alice, job["id"])
+    assert (state["status"], state["error_code"]) == ("failed", "internal_error")
+    assert "INSERT" not in state["error_message"] and "UTF8" not in state["error_message"]
+    assert job["id"] in state["error_message"] and "ingest-broken" in state["error_message"]
+    logged = [r for r in caplog.records if r.name == "modelgate.embeddings" and r.exc_info]
+    assert logged and "INSERT INTO" in str(logged[0].exc_info[1])

@@ -1,0 +1,119 @@
+"""Request body parsers (REST_FRAMEWORK DEFAULT_PARSER_CLASSES): what they hand a view is text every layer
+below can hold. A body nested past MODELGATE_MAX_JSON_DEPTH is a 400 (Python's own recursion limit would
+otherwise end the request in a RecursionError), and a NUL character (which PostgreSQL's text and jsonb
+cannot store) or a lone UTF-16 surrogate (which is not text: it cannot be encoded, stored or echoed back)
+anywhere in a key or a value is a 400 naming where it is, before any view or serializer sees the data.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+from core.errors import ApiError
+
+# U+0000 and the surrogate code points U+D800–U+DFFF, which a JSON \u escape can name but UTF-8 cannot carry.
+_UNSAFE = re.compile("[\x00\ud800-\udfff]")
+_SHOWN_KEY_CHARACTERS = 64  # a path in a message names keys; a megabyte-long key is cut
+
+
+class InvalidText(ApiError):
+    default_code = "invalid_request"
+
+
+def describe(character: str) -> str:
+    if character == "\x00":
+        return "a NUL character (U+0000), which cannot be stored"
+    return f"a lone surrogate (U+{ord(character):04X}), which is not valid Unicode text"
+
+
+def escape_unsafe(text: str) -> str:
+    """`text` with NUL and lone surrogates written as \\u escapes: safe to store, log and echo."""
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match[0]):04x}", text)
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: tuple[str, ...]
+    what: str
+    too_deep: bool = False
+
+    def __str__(self) -> str:
+        """`messages.0.content: Holds a NUL character …`: the field named as validation errors name it."""
+        return f"{'.'.join(self.path)}: {self.what}" if self.path else self.what
+
+
+def text_problem(data: Any, *, max_depth: int | None = None) -> Problem | None:
+    """The first key or string in `data` that cannot be stored, or the first container nested deeper
+    than `max_depth`; None when all is well.
+
+    Iterative, not recursive: it must not itself hit the recursion limit it guards against."""
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(data, (), 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if match := _UNSAFE.search(value):
+                return Problem(path, f"Holds {describe(match[0])}.")
+            continue
+        if isinstance(value, dict):
+            children: Iterable[tuple[str, Any]] = value.items()
+        elif isinstance(value, (list, tuple)):
+            children = ((str(index), item) for index, item in enumerate(value))
+        else:
+            continue
+        if max_depth is not None and depth > max_depth:
+            return Problem(path, f"Nested deeper than {max_depth} levels.", too_deep=True)
+        pushed: list[tuple[Any, tuple[str, ...], int]] = []
+        for key, item in children:
+            if isinstance(key, str) and (match := _UNSAFE.search(key)):
+                return Problem(path, f"A key holds {describe(match[0])}.")
+            pushed.append((item, (*path, str(key)[:_SHOWN_KEY_CHARACTERS]), depth + 1))
+        stack.extend(reversed(pushed))  # the first problem in document order is the one named
+    return None
+
+
+def check_text(data: Any) -> Any:
+    problem = text_problem(data)
+    if problem is not None:
+        raise InvalidText(str(problem))
+    return data
+
+
+class JSONParser(parsers.JSONParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        limit = settings.MODELGATE_MAX_JSON_DEPTH
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError(f"JSON parse error - nested deeper than {limit} levels.") from None
+        problem = text_problem(data, max_depth=limit)
+        if problem is not None and problem.too_deep:
+            raise ParseError(f"JSON parse error - nested deeper than {limit} levels.")
+        if problem is not None:
+            raise InvalidText(str(problem))
+        return data
+
+
+class FormParser(parsers.FormParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        return check_text_of_form(super().parse(stream, media_type, parser_context))
+
+
+class MultiPartParser(parsers.MultiPartParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        parsed = super().parse(stream, media_type, parser_context)
+        check_text_of_form(parsed.data)
+        # An uploaded file's name is kept (an ingestion job's source_name): it must be storable too.
+        check_text({key: [upload.name or "" for upload in parsed.files.getlist(key)] for key in parsed.files})
+        return parsed
+
+
+def check_text_of_form(data: Any) -> Any:
+    """Form values are decoded by Django with replacement characters, so only NUL can reach here."""
+    check_text({key: values[0] if len(values) == 1 else values for key, values in data.lists()})
+    return data
