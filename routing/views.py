@@ -14,6 +14,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -35,7 +36,7 @@ from registry.models import ModelSpec
 from routing import serializers as s
 from routing.models import InferenceRecord, QualitySignal
 from billing.prices import Summary
-from routing.router import InputRejected, Routed, route
+from routing.router import InputRejected, NoModelAvailable, Routed, plan, route
 from routing.streaming import stream_chat
 from tenants.models import Scope
 
@@ -132,6 +133,15 @@ class ClassifyView(APIView):
         zero_shot = (lambda spec: spec.backend == "zero-shot-embeddings" or not spec.is_local) if labels else (
             lambda spec: spec.backend != "zero-shot-embeddings" or bool(spec.options.get("labels"))
         )
+        if labels is None and data["model"] == "auto":
+            # Without a classifier of fixed labels, only candidate labels make the request answerable: the
+            # client's to fix (a 400 naming the field), not an outage to retry.
+            try:
+                plan(key=request.auth, task="classification", items=[], model="auto", accept=zero_shot)
+            except NoModelAvailable:
+                raise ValidationError({"labels": [
+                    "No classifier with fixed labels is available to this key: give 2 to 100 candidate labels."
+                ]}) from None
         routed = route(
             key=request.auth, task="classification", items=[ClassificationInput(text=t, labels=labels) for t in data["texts"]],
             summary=Summary.characters(data["texts"]), request_id=request.request_id, model=data["model"],

@@ -62,8 +62,11 @@ def test_classify_with_labels_goes_to_a_zero_shot_model(api, alice, starter):
 
 
 def test_classify_without_labels_needs_a_model_with_fixed_labels(api, alice, starter):
+    # The starter pack classifies zero-shot only: without labels the request is the client's to fix.
     response = post(api, "/v1/classify", {"texts": ["hello"]}, alice)
-    assert response.status_code == 503 and "No classification model" in response.json()["error"]["message"]
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and error["message"].startswith("labels: No classifier with fixed labels")
 
 
 @pytest.fixture
