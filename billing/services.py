@@ -90,9 +90,13 @@ def sub_limits_for(budget: Budget, *, key_id: int | None, model_slug: str) -> tu
 
 
 # One statement holds on the sub-limits and then — only if every one of them (that still exists) had
-# room — on the budget. Every money statement locks sub-limit rows before the budget row.
+# room — on the budget. Every money statement locks sub-limit rows before the budget row. `seen` is the
+# budget as this statement found it: the figures a refusal reports (the copy cached with the key may be
+# seconds old and say nothing was spent).
 _HOLD = """
-WITH locked AS (
+WITH seen AS (
+    SELECT spent, reserved, "limit" FROM billing_budget WHERE id = %s
+), locked AS (
     SELECT id FROM billing_spendlimit WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
 ), subs AS (
     UPDATE billing_spendlimit SET reserved = reserved + %s
@@ -105,7 +109,8 @@ WITH locked AS (
     RETURNING id
 )
 """
-_HOLD_RESULT = "(SELECT count(*) FROM budget), ARRAY(SELECT id FROM subs)"
+_HOLD_RESULT = ("(SELECT count(*) FROM budget), ARRAY(SELECT id FROM subs), "
+                "(SELECT spent FROM seen), (SELECT reserved FROM seen), (SELECT \"limit\" FROM seen)")
 
 
 def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model_slug: str = "",
@@ -121,7 +126,7 @@ def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model
         return Hold(budget=budget, amount=Decimal("0"))
     budget = roll_over(budget)
     subs = list(sub_limits_for(budget, key_id=key_id, model_slug=model_slug))
-    params = [subs, amount, amount, amount, budget.pk, amount, subs]
+    params = [budget.pk, subs, amount, amount, amount, budget.pk, amount, subs]
     with prepared_cursor() as cursor:
         if insert is None:
             cursor.execute(f"{_HOLD} SELECT {_HOLD_RESULT}", params)
@@ -129,14 +134,15 @@ def reserve(budget: Budget, amount: Decimal, *, key_id: int | None = None, model
             insert_sql, insert_params = insert_statement(insert)
             cursor.execute(f"{_HOLD} {insert_sql} RETURNING {_HOLD_RESULT}", params + insert_params)
             insert._state.adding, insert._state.db = False, connection.alias
-        held, moved = cursor.fetchone()
+        held, moved, spent, reserved, limit = cursor.fetchone()
     if held:
         return Hold(budget=budget, amount=amount, sub_limits=tuple(subs))
     if moved:
         # The sub-limits had room but the budget had not: give their share back.
         SpendLimit.objects.filter(pk__in=moved).update(reserved=Greatest(F("reserved") - amount, Decimal("0")))
     refusal = _sub_limit_refusal(tuple(pk for pk in subs if pk not in moved), amount)
-    return refusal or Refusal(exceeded_message(budget), by_budget=True)
+    seen = Figures(spent=spent, reserved=reserved, limit=limit) if limit is not None else Figures.of(budget)
+    return refusal or Refusal(exceeded_message(budget, seen, amount), by_budget=True)
 
 
 def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal | None:
@@ -254,11 +260,24 @@ def crossed_thresholds(thresholds: list[int], *, before: Decimal, after: Decimal
     return sorted(t for t in set(thresholds) if before * 100 < t * limit <= after * 100)
 
 
-def exceeded_message(budget: Budget) -> str:
+@dataclass(frozen=True)
+class Figures:
+    """A budget's money as one statement saw it."""
+
+    spent: Decimal
+    reserved: Decimal
+    limit: Decimal
+
+    @classmethod
+    def of(cls, budget: Budget) -> Figures:
+        return cls(spent=budget.spent, reserved=budget.reserved, limit=budget.limit)
+
+
+def exceeded_message(budget: Budget, seen: Figures, amount: Decimal) -> str:
     return (
-        f"The {budget.period} budget of {budget.limit:.4f} is used up "
-        f"({budget.spent:.4f} spent, {budget.reserved:.4f} held by requests in flight); "
-        f"it resets at {budget.period_end.isoformat(timespec='seconds')}."
+        f"The {budget.period} budget of {seen.limit:.4f} is used up "
+        f"({seen.spent:.4f} spent, {seen.reserved:.4f} held by requests in flight; this request needs up to "
+        f"{amount:.4f}); it resets at {budget.period_end.isoformat(timespec='seconds')}."
     )
 
 

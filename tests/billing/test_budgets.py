@@ -230,3 +230,15 @@ def test_a_key_served_from_the_key_cache_brings_its_budget_without_a_query(api, 
     assert budget.spent > 0 and budget.reserved == 0
     # The copy that came with the key may be seconds old; /v1/budget reads the row.
     assert api.get("/v1/budget", **alice.auth).json()["budget"]["spent"] == f"{budget.spent:f}"
+
+
+def test_the_402_reports_the_figures_the_refusal_saw_not_the_copy_cached_with_the_key(api, alice, starter, key_cache):
+    budget = budget_for(alice.tenant, "1", period=Budget.Period.DAILY)
+    assert post(api, "/v1/detect-language", {"text": "The key, with its budget, is cached now."}, alice).status_code == 200
+    # Spent elsewhere (another process, another key) since: the cached copy still says almost nothing was.
+    Budget.objects.filter(pk=budget.pk).update(spent=Decimal("0.75"), reserved=Decimal("0.25"))
+    response = post(api, "/v1/detect-language", {"text": "Bonjour tout le monde"}, alice)
+    assert response.status_code == 402
+    message = response.json()["error"]["message"]
+    assert "The daily budget of 1.0000 is used up (0.7500 spent, 0.2500 held by requests in flight; " in message
+    assert "this request needs up to 0.0" in message
