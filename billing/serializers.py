@@ -1,10 +1,16 @@
 """The shapes of billing's API: alert settings, alerts and usage reports."""
 from __future__ import annotations
 
+import re
+from datetime import date
+from typing import Any
+
 from rest_framework import serializers
 
 from billing.models import Alert
 from billing.usage import GROUP_FIELDS, MAX_RANGE_DAYS, today
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 class AlertSettingsSerializer(serializers.Serializer):
@@ -27,19 +33,34 @@ class AlertSerializer(serializers.ModelSerializer):
                   "webhook_attempts"]
 
 
+class IsoDateField(serializers.DateField):
+    """YYYY-MM-DD exactly: strptime would also take 2026-1-1, and a date read two ways is a report of the wrong days."""
+
+    def to_internal_value(self, value: object) -> date:
+        if not isinstance(value, str) or not ISO_DATE.fullmatch(value):
+            raise serializers.ValidationError("A date as YYYY-MM-DD (e.g. 2026-01-31).")
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise serializers.ValidationError("Not a day of the calendar.") from None
+
+
 class UsageQuerySerializer(serializers.Serializer):
     group_by = serializers.ChoiceField(choices=list(GROUP_FIELDS), default="day", help_text="One row per day, model or task.")
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         # `from` is a Python keyword: it cannot be declared as a class attribute.
-        fields["from"] = serializers.DateField(
-            required=False, input_formats=["%Y-%m-%d"], help_text="First day (UTC, YYYY-MM-DD); default: the first of `to`'s month."
-        )
-        fields["to"] = serializers.DateField(
-            required=False, input_formats=["%Y-%m-%d"], help_text="Last day, included (UTC, YYYY-MM-DD); default: today."
-        )
+        fields["from"] = IsoDateField(required=False, help_text="First day (UTC, YYYY-MM-DD); default: the first of `to`'s month.")
+        fields["to"] = IsoDateField(required=False, help_text="Last day, included (UTC, YYYY-MM-DD); default: today.")
         return fields
+
+    def to_internal_value(self, data: Any) -> dict:
+        # A form-style parameter given empty (`from=`) would otherwise fall back to its default unseen.
+        empty = [name for name in ("from", "to", "group_by") if name in data and data.get(name) == ""]
+        if empty:
+            raise serializers.ValidationError({empty[0]: ["Must not be empty: leave the parameter out for its default."]})
+        return super().to_internal_value(data)
 
     def validate(self, data: dict) -> dict:
         data["to"] = data.get("to") or today()

@@ -247,6 +247,16 @@ def test_usage_over_an_empty_range_is_zero_not_missing(api, alice, march):
     ({"from": "2026-03-10", "to": "2026-03-01"}, "from"),
     ({"from": "2025-01-01", "to": "2026-03-01"}, "to"),
     ({"group_by": "tenant"}, "group_by"),
+    # Strict: empty parameters are not their default, and a date has one spelling.
+    ({"from": ""}, "from"),
+    ({"to": ""}, "to"),
+    ({"group_by": ""}, "group_by"),
+    ({"from": "2026-1-1"}, "from"),
+    ({"to": "2026-03-1"}, "to"),
+    ({"from": "20260301"}, "from"),
+    ({"from": "2026-02-30"}, "from"),
+    ({"from": "٢٠٢٦-٠٣-٠١"}, "from"),  # Arabic-Indic digits: \d outside ASCII
+    ({"to": "2026-03-01\x00"}, "to"),
 ])
 def test_bad_parameters_are_a_400_naming_the_field(api, alice, params, field):
     response = usage(api, alice, **params)
