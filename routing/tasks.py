@@ -44,6 +44,7 @@ def reap_abandoned(*, limit: int = 1000) -> int:
     crash): close them as abandoned and free the budget they still hold. Each row is claimed with a
     conditional update, so a retried or concurrent reaper frees a hold once."""
     from billing.services import budget_of, release_evaluation, release_reserved
+    from core.metrics import observe_abandoned
 
     cutoff = timezone.now() - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 60)
     stale = InferenceRecord.objects.filter(status=InferenceRecord.Status.PENDING, created_at__lt=cutoff)
@@ -56,6 +57,8 @@ def reap_abandoned(*, limit: int = 1000) -> int:
                 error_code="abandoned",
                 error_message="The request did not finish within the request timeout.",
             )
+            if claimed:
+                observe_abandoned(record)
             if not claimed or record.reserved_cost <= 0:
                 pass
             elif record.purpose == InferenceRecord.Purpose.EVALUATION:

@@ -35,7 +35,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 INFERENCE_REQUESTS = Counter(
     "modelgate_inference_requests",
     "Inference attempts completed, one per InferenceRecord: a request that escalates counts once per model "
-    "it tried. status is ok, escalated, error or rejected; purpose is answer, or evaluation (shadow sampling).",
+    "it tried. status is ok, escalated, error, rejected, or abandoned (closed by the reaper after its request "
+    "died); purpose is answer, or evaluation (shadow sampling).",
     ["task", "model", "tier", "status", "purpose"],
     registry=REGISTRY,
 )
@@ -88,6 +89,11 @@ def observe_attempt(record: Any) -> None:
         slug = tenant_slug(record)
         if slug:
             TENANT_COST.labels(slug).inc(cost)
+
+
+def observe_abandoned(record: Any) -> None:
+    """Count a pending record the reaper closed: its request died, so it has no latency or cost."""
+    INFERENCE_REQUESTS.labels(record.task, record.model_slug, record.tier, "abandoned", record.purpose).inc()
 
 
 def tenant_slug(record: Any) -> str | None:

@@ -27,7 +27,7 @@ from inference.breaker import breaker_for
 from registry import services as registry_services
 from routing import tuning
 from routing.models import InferenceRecord, RoutingPolicy
-from tests.config.test_serve import ROOT, free_port, url_of_the_test_database
+from tests.config.test_serve import ROOT, Served, free_port, url_of_the_test_database
 from tests.routing.conftest import post
 
 TOKEN = "metrics-token-0123456789abcdef"
@@ -154,6 +154,23 @@ def test_a_refused_request_is_counted_as_rejected(api, token, alice, starter):
     before = value(scrape(api), "modelgate_inference_requests_total", **labels)
     response = post(api, "/v1/detect-language", DETECT, alice)
     assert response.status_code == 402, response.content
+    assert value(scrape(api), "modelgate_inference_requests_total", **labels) == before + 1
+
+
+def test_a_record_the_reaper_closes_is_counted_once_as_abandoned(api, token, alice, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from routing.tasks import reap_abandoned
+
+    labels = {**LID, "status": "abandoned"}
+    before = value(scrape(api), "modelgate_inference_requests_total", **labels)
+    InferenceRecord.objects.create(tenant=alice.tenant, api_key=alice.key, task="language_id", model_slug="lid-176",
+                                   tier="local", request_id="metrics-abandoned",
+                                   created_at=timezone.now() - timedelta(seconds=settings.MODELGATE_REQUEST_TIMEOUT + 120))
+    assert reap_abandoned() == 1
+    assert reap_abandoned() == 0
     assert value(scrape(api), "modelgate_inference_requests_total", **labels) == before + 1
 
 
@@ -367,3 +384,37 @@ def test_two_workers_counts_add_up_and_survive_a_killed_worker(alice, starter, t
         assert value(server.scrape(), "modelgate_inference_requests_total", **LID) == sent + 1
     finally:
         server.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_serve_counts_into_a_fresh_directory_each_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELGATE_METRICS_TOKEN", TOKEN)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # A previous start's counts, as its workers left them.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    counted_before = ("from prometheus_client import Counter; Counter('modelgate_inference_requests', '', "
+                      f"{sorted(LID)!r}).labels(**{LID!r}).inc(1000)")
+    subprocess.run([sys.executable, "-c", counted_before], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+                   check=True, timeout=60)
+    [stale] = metrics_dir.glob("counter_*.db")
+
+    served = Served(free_port(), tmp_path, workers=2)
+    try:
+        served.wait_for(r"Modelgate is ready")
+        key = served.wait_for(r"key:\s+(mg_\S+)")[1]
+        assert not stale.exists()
+        status, body = served.post("/v1/detect-language", key, DETECT)
+        assert status == 200, body
+        assert served.get("/metrics")[0] == 401
+        status, body = served.get("/metrics", TOKEN)
+        assert status == 200, body
+        samples = parse(body.decode())
+        assert value(samples, "modelgate_inference_requests_total", **LID) == 1
+        [server] = [labels for labels, up in samples["modelgate_model_server_up"].items() if up == 1]
+        assert dict(server)["server"].startswith("unix://")
+        assert value(samples, "modelgate_scrape_error", source="task_queue") == 0
+        assert any(metrics_dir.glob("counter_*.db"))
+    finally:
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=60) == 0, "".join(served.lines)
