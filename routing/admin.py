@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -226,6 +226,19 @@ class ModelSlugFilter(admin.SimpleListFilter):
         return queryset.filter(model_slug=self.value()) if self.value() else queryset
 
 
+class TierFilter(admin.SimpleListFilter):
+    """The registry's tiers (listing the distinct tiers of the records would read every record)."""
+
+    title = "tier"
+    parameter_name = "tier"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return list(ModelSpec.Tier.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[InferenceRecord]) -> QuerySet[InferenceRecord]:
+        return queryset.filter(tier=self.value()) if self.value() else queryset
+
+
 class EstimatedCountPaginator(Paginator):
     """Counts exactly up to COUNT_CAP rows (COUNT over a LIMITed subquery: an index range, never the whole
     table) and beyond that takes PostgreSQL's planner estimate: `COUNT(*)` of millions of records is the slow
@@ -298,8 +311,8 @@ class InferenceRecordAdmin(admin.ModelAdmin):
     list_display = ["created_at", "tenant", "task", "model_slug", "tier", "status", "latency", "money",
                     "confidence", "escalation_cause", "cached", "feedback_score"]
     # Every filter is an index range or a short walk down the time index: no DISTINCT over the records.
-    list_filter = ["status", "task", "tier", "purpose", "escalation_cause", "cached", ModelSlugFilter, "tenant", "created_at"]
-    search_fields = ["=request_id", "=model_slug", "=tenant__slug"]
+    list_filter = ["status", "task", TierFilter, "purpose", "escalation_cause", "cached", ModelSlugFilter, "tenant", "created_at"]
+    search_fields = ["request_id"]  # searched exactly, see get_search_results
     list_select_related = ["tenant"]
     show_full_result_count = False  # counting millions of rows on every page is the slow part
     paginator = EstimatedCountPaginator
@@ -319,7 +332,7 @@ class InferenceRecordAdmin(admin.ModelAdmin):
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> InferenceRecord | None:
         # The page links the tenant, key, model, policy and the attempt before: one query for all of them.
-        queryset = self.get_queryset(request).select_related("tenant", "api_key", "model", "policy", "escalated_from")
+        queryset = self.get_queryset(request).defer(None).select_related("tenant", "api_key", "model", "policy", "escalated_from")
         try:
             return queryset.get(pk=InferenceRecord._meta.pk.to_python(object_id))
         except (InferenceRecord.DoesNotExist, ValidationError, ValueError):
@@ -327,12 +340,15 @@ class InferenceRecordAdmin(admin.ModelAdmin):
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[InferenceRecord],
                            search_term: str) -> tuple[QuerySet[InferenceRecord], bool]:
-        # A record's id pasted into the search box finds it (the request id, model and tenant are exact).
+        """A record id, a request id or a model slug, matched exactly: each is an index lookup, where the
+        admin's case-insensitive search would read every record."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
         try:
-            record_id = uuid.UUID(search_term.strip())
+            return queryset.filter(pk=uuid.UUID(term)), False
         except ValueError:
-            return super().get_search_results(request, queryset, search_term)
-        return queryset.filter(pk=record_id), False
+            return queryset.filter(Q(request_id=term) | Q(model_slug=term)), False
 
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, record: InferenceRecord) -> str:
