@@ -257,6 +257,24 @@ def test_it_speaks_openmetrics_when_asked(api, token):
 
 
 # --- several processes -----------------------------------------------------------------------------
+def test_a_scrape_forgets_the_breaker_states_of_processes_that_are_gone(tmp_path):
+    """A task-cluster worker that was recycled never passes through gunicorn's child_exit."""
+    from core.metrics import sweep_dead_processes
+
+    wrote = ("import os; from prometheus_client import Counter, Gauge; "
+             "Gauge('g', '', ['breaker'], multiprocess_mode='livemax').labels('p').set(2); "
+             "Counter('c', '', ['x']).labels('y').inc(); print(os.getpid())")
+    pid = int(subprocess.run([sys.executable, "-c", wrote], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+                             check=True, capture_output=True, text=True, timeout=60).stdout)
+    alive = tmp_path / f"gauge_livemax_{os.getpid()}.db"
+    shutil.copy(tmp_path / f"gauge_livemax_{pid}.db", alive)  # as if this process held a state too
+
+    sweep_dead_processes(str(tmp_path))
+
+    assert not (tmp_path / f"gauge_livemax_{pid}.db").exists()
+    assert alive.exists() and (tmp_path / f"counter_{pid}.db").exists()
+
+
 class Gunicorn:
     """A real gunicorn with `workers` workers counting into `metrics_dir`, as `manage.py serve` starts it."""
 
@@ -371,15 +389,21 @@ def test_two_workers_counts_add_up_and_survive_a_killed_worker(alice, starter, t
         charged = sum(InferenceRecord.objects.filter(tenant=alice.tenant).values_list("cost", flat=True))
         assert value(samples, "modelgate_tenant_cost_total", tenant=alice.tenant.slug) == pytest.approx(float(charged))
         assert value(samples, "modelgate_model_server_up", server=model_server) == 1
+        # Each worker has its own breaker for the model server; the scrape shows the worst (all closed).
+        assert value(samples, "modelgate_circuit_breaker_state", breaker=f"model server {model_server}") == 0
+        assert (("breaker", f"model server {model_server}"),) in samples["modelgate_circuit_breaker_state"]
 
         # A worker killed outright: gunicorn starts another, and what the dead one counted still counts.
         victim = max(per_process, key=per_process.get)
+        assert (server.metrics_dir / f"gauge_livemax_{victim}.db").exists()
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while victim in server.workers() or len(server.workers()) < 2:
             assert time.monotonic() < deadline, "gunicorn did not replace its killed worker"
             time.sleep(0.2)
         server.wait_ready()
+        assert not (server.metrics_dir / f"gauge_livemax_{victim}.db").exists()  # its breaker states are no one's
+        assert (server.metrics_dir / f"counter_{victim}.db").exists()
         assert server.request("/v1/detect-language", key=alice.secret, body=DETECT)[0] == 200
         assert value(server.scrape(), "modelgate_inference_requests_total", **LID) == sent + 1
     finally:
