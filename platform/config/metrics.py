@@ -15,9 +15,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.db.models import Count, F, Max, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -68,9 +70,11 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         response = error_response(405, "method_not_allowed", f"Method {request.method} is not allowed on /metrics; use GET.")
         response["Allow"] = "GET, HEAD"
         return response
-    registry = metrics.recorded_registry()
+    registry = CollectorRegistry(auto_describe=False)
     for collector in SCRAPED:
         registry.register(collector)
+    # Read after the scraped sources: reaching the model servers may create this worker's breakers.
+    metrics.add_recorded(registry)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(registry), content_type=content_type)
 
@@ -87,18 +91,24 @@ class ScrapedCollector(Collector):
         error = GaugeMetricFamily("modelgate_scrape_error", "1 when a source of these metrics could not be read "
                                   "during this scrape (see the log), else 0.", labels=["source"])
         families: list[Metric] = []
+        database_down = False
         for source in self.sources:
+            if source.uses_database and database_down:
+                error.add_metric([source.name], 1)  # not one more connect timeout per source
+                continue
             try:
-                families.extend(source.read())
+                families.extend(list(source.read()))  # all of a source's series, or none
                 error.add_metric([source.name], 0)
             except Exception as exc:  # a broken source must not hide the others
                 logger.warning("metrics source failed", extra={"source": source.name, "error": repr(exc)})
                 error.add_metric([source.name], 1)
+                database_down = database_down or (source.uses_database and isinstance(exc, (OperationalError, InterfaceError)))
         return [*families, error]
 
 
 class Source:
     name = ""
+    uses_database = True
 
     def read(self) -> Iterable[Metric]:
         raise NotImplementedError
@@ -179,6 +189,7 @@ class ModelServerSource(Source):
     with a model server (Prometheus' rate() reads that as a reset)."""
 
     name = "model_servers"
+    uses_database = False  # placement is read from the database only when a request routes
 
     def read(self) -> Iterator[Metric]:
         from registry.services import model_servers_state

@@ -137,16 +137,14 @@ class _Forward(Collector):
         return self.registry.collect()
 
 
-def recorded_registry() -> CollectorRegistry:
-    """A registry for one scrape holding what was counted: every process's files in multiprocess mode
-    (the processes that are gone swept first), else this process's values."""
-    registry = CollectorRegistry(auto_describe=False)
+def add_recorded(registry: CollectorRegistry) -> None:
+    """Add what was counted to a scrape's registry: every process's files in multiprocess mode (the
+    processes that are gone swept first), else this process's values."""
     if MULTIPROC_DIR:
         sweep_dead_processes(MULTIPROC_DIR)
         multiprocess.MultiProcessCollector(registry, path=MULTIPROC_DIR)
     else:
         registry.register(_Forward(REGISTRY))
-    return registry
 
 
 _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")

@@ -278,7 +278,7 @@ def test_a_scrape_forgets_the_breaker_states_of_processes_that_are_gone(tmp_path
 class Gunicorn:
     """A real gunicorn with `workers` workers counting into `metrics_dir`, as `manage.py serve` starts it."""
 
-    def __init__(self, *, tmp_path: Path, workers: int, model_server: str):
+    def __init__(self, *, tmp_path: Path, workers: int, model_server: str, database_url: str | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.metrics_dir = tmp_path / "metrics"
@@ -287,7 +287,7 @@ class Gunicorn:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "platform"), os.environ.get("PYTHONPATH")])),
-            "DATABASE_URL": url_of_the_test_database(),
+            "DATABASE_URL": database_url or url_of_the_test_database(),
             "SECRET_KEY": settings.SECRET_KEY,
             "MODELGATE_DATA_DIR": str(tmp_path),
             "MODELGATE_LOG_LEVEL": "WARNING",
@@ -318,12 +318,12 @@ class Gunicorn:
             with error:
                 return error.code, error.read()
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def wait_ready(self, timeout: float = 90, *, probe: str = "/ready") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text(errors="replace")[-5000:]
             try:
-                if self.request("/ready")[0] == 200 and len(self.workers()) == 2:
+                if self.request(probe)[0] == 200 and len(self.workers()) == 2:
                     return
             except OSError:
                 pass
@@ -442,3 +442,25 @@ def test_serve_counts_into_a_fresh_directory_each_start(tmp_path, monkeypatch):
     finally:
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=60) == 0, "".join(served.lines)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_database_down_the_scrape_still_answers_what_was_counted(tmp_path):
+    [model_server] = registry_services.get_pool().servers
+    closed = f"postgresql://nobody@127.0.0.1:{free_port()}/modelgate"  # nothing listens there
+    server = Gunicorn(tmp_path=tmp_path, workers=2, model_server=model_server, database_url=closed)
+    try:
+        server.wait_ready(probe="/health")
+        assert server.request("/ready")[0] == 503
+        started = time.monotonic()
+        samples = server.scrape()
+        assert time.monotonic() - started < 30  # one failed connect, not one per source
+        for source in ("budgets", "task_queue", "tuner"):
+            assert value(samples, "modelgate_scrape_error", source=source) == 1
+        assert value(samples, "modelgate_scrape_error", source="model_servers") == 0
+        assert value(samples, "modelgate_model_server_up", server=model_server) == 1
+        # What the workers count is still served (their model server breakers, written to the shared files).
+        assert (("breaker", f"model server {model_server}"),) in samples["modelgate_circuit_breaker_state"]
+        assert "modelgate_budget_limit" not in samples
+    finally:
+        server.stop()
