@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -171,6 +171,7 @@ def pull(
     progress: bool = True,
     endpoint: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    on_files: Callable[[int, int], None] | None = None,
 ) -> PulledSnapshot:
     """Download `repo_id` at `revision` into the hub cache at `cache_dir` and return the pinned snapshot.
 
@@ -180,7 +181,8 @@ def pull(
     discards a partial file left by a killed process). A commit that is already complete in the
     cache is returned without contacting the hub. Offline (HF_HUB_OFFLINE) or with the hub
     unreachable, a revision complete in the cache still pulls and anything else raises
-    `HubUnavailable`. `token` defaults to HF_TOKEN, then the saved login.
+    `HubUnavailable`. `token` defaults to HF_TOKEN, then the saved login. `on_files(done, total)` hears of
+    each file fetched (for a job's progress; the bars stay silent).
     """
     cache_dir = Path(cache_dir)
     endpoint = hub_endpoint(endpoint)
@@ -239,7 +241,7 @@ def pull(
             # Exact names: the hub's listing is authoritative and we already chose among it.
             allow_patterns=[glob.escape(name) for name in selected],
             etag_timeout=timeout,
-            tqdm_class=None if progress else _SilentProgress,
+            tqdm_class=_files_progress(on_files) if on_files else (None if progress else _SilentProgress),
         )
     except HUB_FAILURES as error:
         raise _translate(error, repo_id=repo_id, revision=wanted, endpoint=endpoint) from error
@@ -338,6 +340,26 @@ class _SilentProgress(hub_tqdm):
     def __init__(self, *args, **kwargs) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
+
+
+def _files_progress(report: Callable[[int, int], None]) -> type[hub_tqdm]:
+    """A silent progress bar class that reports files fetched of the snapshot's total; the library makes
+    other bars (bytes) of the same class, which report nothing."""
+
+    class _FilesProgress(_SilentProgress):
+        def __init__(self, *args, **kwargs) -> None:
+            self._files = str(kwargs.get("desc") or "").startswith("Fetching")
+            self._expected = int(kwargs.get("total") or 0)
+            self._fetched = 0
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._files:
+                self._fetched += int(n or 0)
+                report(self._fetched, self._expected)
+            return super().update(n)
+
+    return _FilesProgress
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:

@@ -229,6 +229,51 @@ class ModelSpec(models.Model):
         )
 
 
+class ModelOperation(models.Model):
+    """Model work an operator started from the admin (pull, update check, load, unload, health check,
+    benchmark), run by the task cluster: the row is what the page polls for progress, result or error."""
+
+    class Kind(models.TextChoices):
+        PULL = "pull", "Pull from the hub"
+        CHECK_UPDATES = "check_updates", "Check for a newer revision"
+        LOAD = "load", "Load"
+        UNLOAD = "unload", "Unload"
+        HEALTH = "health", "Health check"
+        BENCHMARK = "benchmark", "Benchmark"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    spec = models.ForeignKey(ModelSpec, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations",
+                             help_text="The model acted on (a pull: the model it registered).")
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="0 to 1.")
+    step = models.CharField(max_length=200, blank=True, help_text="What it is doing now, in words.")
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["spec", "-created_at"], name="modeloperation_spec_time")]
+
+    def __str__(self) -> str:
+        subject = self.spec.slug if self.spec_id else self.params.get("repo_id", "")
+        return f"{self.get_kind_display()} {subject}".strip()
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 

@@ -6,6 +6,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from inference.errors import InferenceError
 from core.recent import configuration
 from inference.client import Fleet, ModelServerUnavailable, RemotePool
 from inference.pool import ModelPool
-from registry.models import ModelSpec, package_dir
+from registry.models import ModelOperation, ModelSpec, package_dir
 
 logger = logging.getLogger("modelgate.registry")
 
@@ -318,19 +319,29 @@ def pull_model(
     quantization: str = "int8",
     task: str | None = None,
     backend: str | None = None,
+    on_step: Callable[[float, str], None] | None = None,
 ) -> PullResult:
-    """Download a pinned snapshot, convert it if asked, detect what it is, and register (or update) its spec."""
+    """Download a pinned snapshot, convert it if asked, detect what it is, and register (or update) its spec.
+    `on_step(fraction, words)` hears how far it got (a job's progress)."""
     from registry import hub
     from registry.detection import detect
 
+    step = on_step or (lambda fraction, words: None)
     cache = settings.MODELGATE_MODEL_CACHE
-    snapshot = hub.pull(repo_id, revision=revision, cache_dir=cache / "hub", token=_hf_token())
+    step(0.02, f"asking the hub for {repo_id}@{revision}")
+    snapshot = hub.pull(
+        repo_id, revision=revision, cache_dir=cache / "hub", token=_hf_token(),
+        on_files=(lambda done, total: step(0.05 + 0.65 * done / max(total, 1), f"downloaded {done} of {total} files"))
+        if on_step else None,
+    )
     weights = snapshot.path
     if convert == "ct2":
+        step(0.75, f"converting to CTranslate2 ({quantization})")
         from inference.convert import transformers_to_ctranslate2
 
         target = cache / "converted" / f"{repo_id.replace('/', '--')}-{snapshot.commit_sha[:12]}-ct2-{quantization}"
         weights = transformers_to_ctranslate2(snapshot.path, target, quantization=quantization, copy_files=_tokenizer_files(snapshot.path))
+    step(0.9, "detecting the task and backend")
     detection = detect(weights)
     if detection.needs_conversion:
         raise hub.HubError(
@@ -374,3 +385,117 @@ def _tokenizer_files(path: Path) -> list[str]:
              "sentencepiece.bpe.model", "source.spm", "target.spm", "preprocessor_config.json", "vocab.json",
              "merges.txt", "labels.json", "intent_labels.json", "chat_template.jinja"]
     return [name for name in names if (path / name).exists()]
+
+
+# --- operations the admin starts: run by the task cluster, followed on a ModelOperation row ----
+def start_operation(*, kind: str, spec: ModelSpec | None = None, params: dict[str, Any] | None = None,
+                    requested_by: str = "") -> ModelOperation:
+    """Record the operation and hand it to the task cluster once this transaction commits (a job that
+    starts before its row is visible would find nothing to claim)."""
+    from django.db import transaction
+    from django_q.tasks import async_task
+
+    operation = ModelOperation.objects.create(kind=kind, spec=spec, params=params or {}, requested_by=requested_by,
+                                              step="waiting for a worker")
+    transaction.on_commit(lambda: async_task("registry.tasks.run_model_operation", operation.pk,
+                                             task_name=f"model operation {operation.pk}", group="model-operations"))
+    return operation
+
+
+class OperationFailed(Exception):
+    """The operation ran and its answer is no: the message is what the operator reads."""
+
+
+def run_operation(operation_id: int) -> str:
+    """Claim a queued operation (a conditional UPDATE: a retried or duplicated job does nothing), run it,
+    and leave its result or its error on the row; returns the final status."""
+    Status = ModelOperation.Status
+    claimed = ModelOperation.objects.filter(pk=operation_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, started_at=timezone.now(), step="started")
+    if claimed != 1:
+        return "not queued"
+    operation = ModelOperation.objects.select_related("spec").get(pk=operation_id)
+
+    def report(fraction: float, words: str) -> None:
+        ModelOperation.objects.filter(pk=operation_id).update(progress=max(0.0, min(1.0, fraction)), step=words[:200])
+
+    try:
+        if operation.kind != ModelOperation.Kind.PULL and operation.spec is None:
+            raise OperationFailed("The model was deleted before the operation ran.")
+        result = _OPERATIONS[operation.kind](operation, report)
+    except Exception as exc:  # noqa: BLE001 — every failure must reach the operator's page, not only the worker log
+        if not isinstance(exc, OperationFailed):
+            logger.exception("model operation failed", extra={"operation": operation_id, "kind": operation.kind})
+        ModelOperation.objects.filter(pk=operation_id).update(
+            status=Status.FAILED, error=(_message(exc) or type(exc).__name__)[:5000], step="failed", finished_at=timezone.now())
+        return Status.FAILED
+    ModelOperation.objects.filter(pk=operation_id).update(
+        status=Status.SUCCEEDED, progress=1.0, step="done", result=result, finished_at=timezone.now())
+    return Status.SUCCEEDED
+
+
+def _pull(operation: ModelOperation, report: Callable[[float, str], None]) -> dict[str, Any]:
+    params = operation.params
+    pulled = pull_model(
+        repo_id=params["repo_id"], revision=params.get("revision") or "main", slug=params.get("slug") or None,
+        convert=params.get("convert") or None, quantization=params.get("quantization") or "int8",
+        task=params.get("task") or None, backend=params.get("backend") or None, on_step=report,
+    )
+    ModelOperation.objects.filter(pk=operation.pk).update(spec=pulled.spec)
+    return {
+        "slug": pulled.spec.slug, "created": pulled.created, "commit_sha": pulled.snapshot.commit_sha,
+        "task": pulled.spec.task, "backend": pulled.spec.backend, "files": len(pulled.snapshot.files),
+        "size_bytes": pulled.snapshot.size_bytes, "from_cache": pulled.snapshot.from_cache,
+        "detected": list(pulled.detection.reasons),
+    }
+
+
+def _check_updates(operation: ModelOperation, report: Callable[[float, str], None]) -> dict[str, Any]:
+    report(0.1, "asking the hub")
+    ((_, status),) = check_for_updates([operation.spec])
+    if status.startswith("could not check") or status.startswith("not pinned"):
+        raise OperationFailed(status)
+    return {"status": status}
+
+
+def _checked(result: CheckResult) -> dict[str, Any]:
+    if not result.ok:
+        raise OperationFailed(result.detail)
+    return {"detail": result.detail, "latency_ms": result.latency_ms}
+
+
+def _load(operation: ModelOperation, report: Callable[[float, str], None]) -> dict[str, Any]:
+    if not operation.spec.is_local:
+        raise OperationFailed("Provider models are not loaded: they answer from their API.")
+    report(0.1, "preparing and loading the weights")
+    return _checked(load_model(spec=operation.spec))
+
+
+def _unload(operation: ModelOperation, report: Callable[[float, str], None]) -> dict[str, Any]:
+    return {"detail": "unloaded" if unload_model(spec=operation.spec) else "was not loaded"}
+
+
+def _health(operation: ModelOperation, report: Callable[[float, str], None]) -> dict[str, Any]:
+    report(0.1, "loading if needed, then one tiny real inference")
+    return _checked(health_check(spec=operation.spec))
+
+
+BENCHMARK_MAX_REQUESTS = 1000
+
+
+def _benchmark(operation: ModelOperation, report: Callable[[float, str], None]) -> dict[str, Any]:
+    if not operation.spec.is_local:
+        raise OperationFailed("Provider models are not benchmarked here: their latency is the provider's.")
+    requests = int(operation.params.get("requests") or 32)
+    report(0.1, f"{requests} requests one at a time, then all at once")
+    return bench_model(spec=operation.spec, requests=requests)
+
+
+_OPERATIONS: dict[str, Callable[[ModelOperation, Callable[[float, str], None]], dict[str, Any]]] = {
+    ModelOperation.Kind.PULL: _pull,
+    ModelOperation.Kind.CHECK_UPDATES: _check_updates,
+    ModelOperation.Kind.LOAD: _load,
+    ModelOperation.Kind.UNLOAD: _unload,
+    ModelOperation.Kind.HEALTH: _health,
+    ModelOperation.Kind.BENCHMARK: _benchmark,
+}

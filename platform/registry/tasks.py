@@ -32,3 +32,8 @@ def prepare_model(spec_id: int) -> str:
 
 def ensure_schedules(**kwargs: object) -> None:
     register_schedules(SCHEDULES)
+
+
+def run_model_operation(operation_id: int) -> str:
+    """An operation started from the admin (pull, update check, load, unload, health check, benchmark)."""
+    return services.run_operation(operation_id)

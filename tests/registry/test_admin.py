@@ -1,8 +1,10 @@
-"""The registry admin: status and latency columns, and the load / health actions."""
+"""The registry admin: status and latency columns, and the load / health actions (background jobs, run here in
+this process as django-q2's sync mode does; tests/console/test_model_operations.py covers the jobs' pages)."""
 from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django_q.conf import Conf
 
 from registry.models import ModelSpec
 
@@ -13,6 +15,13 @@ def operator(client, db):
     return client
 
 
+@pytest.fixture
+def jobs(monkeypatch, django_capture_on_commit_callbacks):
+    """Each action's jobs run as its request commits."""
+    monkeypatch.setattr(Conf, "SYNC", True)
+    return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
 def test_the_changelist_shows_every_model_with_its_state(operator, starter):
     page = operator.get("/admin/registry/modelspec/").content.decode()
     for slug in starter:
@@ -20,23 +29,27 @@ def test_the_changelist_shows_every_model_with_its_state(operator, starter):
     assert "not loaded" in page
 
 
-def test_the_health_action_runs_a_check_and_reports_it(operator, starter):
+def test_the_health_action_runs_a_check_and_reports_it(operator, starter, jobs):
     lid = starter["lid-176"]
-    response = operator.post(
-        "/admin/registry/modelspec/", {"action": "check_health", "_selected_action": [lid.pk]}, follow=True
-    )
-    assert "lid-176: answered in" in response.content.decode().lower()
+    with jobs():
+        response = operator.post(
+            "/admin/registry/modelspec/", {"action": "check_health", "_selected_action": [lid.pk]}, follow=True
+        )
+    assert "lid-176: <a href=" in response.content.decode().lower()
+    assert lid.operations.get().result["detail"].startswith("answered in")
     lid.refresh_from_db()
     assert lid.last_check_ok is True
     page = operator.get("/admin/registry/modelspec/").content.decode()
     assert "loaded" in page
 
 
-def test_load_then_unload_actions_change_this_processes_pool(operator, starter, isolated_pool):
+def test_load_then_unload_actions_change_this_processes_pool(operator, starter, isolated_pool, jobs):
     lid = starter["lid-176"]
-    operator.post("/admin/registry/modelspec/", {"action": "load_models", "_selected_action": [lid.pk]})
+    with jobs():
+        operator.post("/admin/registry/modelspec/", {"action": "load_models", "_selected_action": [lid.pk]})
     assert isolated_pool.is_loaded("lid-176")
-    operator.post("/admin/registry/modelspec/", {"action": "unload_models", "_selected_action": [lid.pk]})
+    with jobs():
+        operator.post("/admin/registry/modelspec/", {"action": "unload_models", "_selected_action": [lid.pk]})
     assert not isolated_pool.is_loaded("lid-176")
 
 
