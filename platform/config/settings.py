@@ -5,6 +5,7 @@ import ipaddress
 import os
 import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_email_url
@@ -37,10 +38,26 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("MODELGATE_CSRF_TRUSTED_ORIGINS", [])
-if env_bool("MODELGATE_BEHIND_TLS_PROXY", False):
+# --- Transport security ---------------------------------------------------------------------
+# MODELGATE_PRODUCTION turns on everything `manage.py check --deploy` asks for (HTTPS only, HSTS, secure
+# cookies); each piece can still be set on its own. Off, `make run` serves plain http on loopback.
+PRODUCTION = env_bool("MODELGATE_PRODUCTION", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be off when MODELGATE_PRODUCTION is on.")
+MODELGATE_BEHIND_TLS_PROXY = env_bool("MODELGATE_BEHIND_TLS_PROXY", False)
+if MODELGATE_BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+SESSION_COOKIE_SECURE = env_bool("MODELGATE_SECURE_COOKIES", PRODUCTION or MODELGATE_BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env_bool("MODELGATE_SSL_REDIRECT", PRODUCTION)
+# Probes and scrapes come over plain http from inside the network; they stay answerable without a redirect.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("MODELGATE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, min_value=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("MODELGATE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("MODELGATE_HSTS_PRELOAD", PRODUCTION)
+# An operator's admin session ends after this long, or when the browser closes.
+SESSION_COOKIE_AGE = env_int("MODELGATE_SESSION_SECONDS", 8 * 3600, min_value=300, max_value=30 * 24 * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -53,6 +70,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "axes",
     "config.apps.PlatformConfig",
     "tenants",
     "registry",
@@ -74,6 +92,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: it turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -162,6 +182,20 @@ MODELGATE_WEBHOOK_TIMEOUT = env_float("MODELGATE_WEBHOOK_TIMEOUT", 10.0, min_val
 MODELGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("MODELGATE_WEBHOOK_ALLOW_PRIVATE", False)
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
+# Admin logins are rate-limited by django-axes: after MODELGATE_ADMIN_LOGIN_ATTEMPTS failures for one
+# username from one address, that pair is locked out for MODELGATE_ADMIN_LOCKOUT_MINUTES (429), while
+# the same operator from elsewhere, and other usernames, still log in. Failures are kept in PostgreSQL,
+# so every process and machine counts the same ones.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("MODELGATE_ADMIN_LOGIN_ATTEMPTS", 5, min_value=1, max_value=100)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("MODELGATE_ADMIN_LOCKOUT_MINUTES", 15, min_value=1, max_value=7 * 24 * 60))
+AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_CLIENT_IP_CALLABLE = "config.security.client_address"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
