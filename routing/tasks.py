@@ -24,9 +24,11 @@ SCHEDULES = {
 
 def tune_policies() -> str:
     """The scheduled tuner: every policy with auto-tune on and not locked (routing.tuning)."""
+    from core.metrics import TUNER_RUNS
     from routing.tuning import tune_all
 
     changes = tune_all()
+    TUNER_RUNS.inc()
     moved = [change for change in changes if change.changed]
     return f"{len(changes)} policies tuned, {len(moved)} floors moved"
 

@@ -60,6 +60,12 @@ TENANT_COST = Counter(
     ["tenant"],
     registry=REGISTRY,
 )
+TUNER_RUNS = Counter(
+    "modelgate_tuner_runs",
+    "Scheduled tuner runs completed (each decides every auto-tuned policy's floor), counted by the task "
+    "cluster: visible here when it shares this node's PROMETHEUS_MULTIPROC_DIR (make run).",
+    registry=REGISTRY,
+)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 BREAKER_STATE = Gauge(
     "modelgate_circuit_breaker_state",

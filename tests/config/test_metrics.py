@@ -210,6 +210,14 @@ def test_the_task_queue_and_the_tuners_decisions_are_read_when_scraped(api, toke
     assert value(after, "modelgate_scrape_error", source="tuner") == 0
 
 
+def test_a_scheduled_tuner_run_is_counted(api, token, db):
+    from routing.tasks import tune_policies
+
+    before = value(scrape(api), "modelgate_tuner_runs_total")
+    tune_policies()
+    assert value(scrape(api), "modelgate_tuner_runs_total") == before + 1
+
+
 def test_the_model_servers_pool_statistics_are_asked_for_when_scraped(api, token, alice, starter):
     assert post(api, "/v1/detect-language", DETECT, alice).status_code == 200
     [address] = registry_services.get_pool().servers
@@ -234,7 +242,7 @@ def test_a_model_server_that_is_gone_is_down_not_a_failed_scrape(api, token, mon
     assert value(samples, "modelgate_scrape_error", source="model_servers") == 0
 
 
-def test_circuit_breaker_states_and_openings(api, token):
+def test_circuit_breaker_states_and_openings(api, token, db):
     name = "metrics-test-provider"
     breaker = breaker_for(name, threshold=2, cooldown=60)
     breaker.reset()
@@ -250,7 +258,7 @@ def test_circuit_breaker_states_and_openings(api, token):
     assert value(scrape(api), "modelgate_circuit_breaker_state", breaker=name) == 0
 
 
-def test_it_speaks_openmetrics_when_asked(api, token):
+def test_it_speaks_openmetrics_when_asked(api, token, db):
     response = api.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
     assert response.status_code == 200 and response["Content-Type"].startswith("application/openmetrics-text")
     assert response.content.rstrip().endswith(b"# EOF")
