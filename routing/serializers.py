@@ -81,7 +81,7 @@ class ClassifySerializer(OneOrManyTexts):
 class RerankSerializer(serializers.Serializer):
     query = TextField(max_length=20_000)
     documents = serializers.ListField(child=TextField(max_length=50_000), allow_empty=False, max_length=1000)
-    top_n = serializers.IntegerField(required=False, min_value=1)
+    top_n = serializers.IntegerField(required=False, min_value=1, max_value=1000)
     model = serializers.CharField(required=False, default="auto", max_length=100)
 
     def validate_documents(self, documents: list[str]) -> list[str]:

@@ -207,6 +207,13 @@ class CollectionCreateSerializer(serializers.Serializer):
         required=False, default=dict, help_text=f"Optional types of metadata fields, each one of {', '.join(METADATA_TYPES)}."
     )
 
+    def validate_dimension(self, value: int) -> int:
+        # Checked before the model measures its dimension: an absurd one must not cost an embedding first.
+        limit = settings.MODELGATE_COLLECTION_MAX_DIMENSION
+        if value > limit:
+            raise serializers.ValidationError(f"{value} is over the limit of {limit}.")
+        return value
+
     def validate_name(self, value: str) -> str:
         problem = name_problem(value)
         if problem:

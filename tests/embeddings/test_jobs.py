@@ -297,3 +297,18 @@ def test_an_internal_error_shows_the_tenant_a_generic_message_and_the_details_on
     assert job["id"] in state["error_message"] and "ingest-broken" in state["error_message"]
     logged = [r for r in caplog.records if r.name == "modelgate.embeddings" and r.exc_info]
     assert logged and "INSERT INTO" in str(logged[0].exc_info[1])
+
+
+def test_a_json_body_s_records_of_the_wrong_shape_are_listed_by_the_job(api, alice, empty):
+    documents = [{"id": {"not": "a string"}, "text": "An object for an id."}, {"id": "long", "text": "x" * 40_000},
+                 {"id": "meta", "text": "Metadata that is a list.", "metadata": ["a"]}, {"id": True, "text": "A boolean id."},
+                 {"id": "fine", "text": "Whisk the eggs with sugar."}]
+    response = post(api, "/v1/collections/notes/jobs", {"documents": documents}, alice)
+    assert response.status_code == 202, response.content
+    assert tasks.run_ingestion(response.json()["id"]) == "done"
+    state = job_state(api, alice, response.json()["id"])
+    assert [(e["line"], e["message"]) for e in state["errors"]] == [
+        (1, "id: Not a valid string."), (2, "text: 40000 characters; the limit is 32768."), (3, "metadata: An object."),
+        (4, "id: Not a valid string."),
+    ]
+    assert list(Document.objects.values_list("external_id", flat=True)) == ["fine"]
