@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -446,6 +447,7 @@ def dashboard_context(span: dashboard.Span) -> dict[str, Any]:
         "pool": dashboard.pool_state(),
         "chart_data": {
             "granularity": "hour" if span.hourly else "day",
+            "currency": settings.MODELGATE_CURRENCY_SYMBOL,
             "labels": [bucket["label"] for bucket in buckets],
             "local_requests": [bucket["local_requests"] for bucket in buckets],
             "premium_requests": [bucket["premium_requests"] for bucket in buckets],

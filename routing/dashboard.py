@@ -10,6 +10,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Aggregate, Count, DecimalField, FloatField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
@@ -295,17 +296,18 @@ def format_ms(value: float | None) -> str:
 
 
 def format_money(value: Decimal | float | None) -> str:
-    """Dollars: cents for amounts of a cent or more, two significant digits below (a request costs $0.000042)."""
+    """Currency: cents for amounts of a cent or more, two significant digits below (a request costs $0.000042)."""
     if value is None:
         return "–"
+    symbol = settings.MODELGATE_CURRENCY_SYMBOL
     value = Decimal(value)
     sign, value = ("-", -value) if value < 0 else ("", value)
     if value == 0:
-        return "$0.00"
+        return f"{symbol}0.00"
     if value >= Decimal("0.01"):
-        return f"{sign}${value:,.2f}"
+        return f"{sign}{symbol}{value:,.2f}"
     digits = min(12, -value.adjusted() + 1)
-    return f"{sign}${value:.{digits}f}"
+    return f"{sign}{symbol}{value:.{digits}f}"
 
 
 def format_share(value: float | None) -> str:

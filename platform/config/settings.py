@@ -243,6 +243,8 @@ MODELGATE_TUNE_MINUTES = env_int("MODELGATE_TUNE_MINUTES", 60, min_value=1, max_
 # What a second of local compute costs, for models registered from now on (the starter pack, pulls):
 # small but not zero, so that local work shows in usage reports. Each model's price stays editable.
 MODELGATE_LOCAL_COMPUTE_PRICE = env_decimal("MODELGATE_LOCAL_COMPUTE_PRICE", "0.00002", min_value="0")
+# Prices, budgets and costs are in whatever currency prices are entered in; the admin writes amounts with this.
+MODELGATE_CURRENCY_SYMBOL = env_str("MODELGATE_CURRENCY_SYMBOL", "$")
 MODELGATE_MAX_BATCH_ITEMS = env_int("MODELGATE_MAX_BATCH_ITEMS", 128, min_value=1)
 MODELGATE_MAX_BATCH_CHARACTERS = env_int("MODELGATE_MAX_BATCH_CHARACTERS", 200_000, min_value=1000)
 # How long a process reuses routing policies, model specs and provider settings it has read.

@@ -434,6 +434,18 @@ def run_operation(operation_id: int) -> str:
     return Status.SUCCEEDED
 
 
+def close_stalled_operations(*, now: Any = None) -> int:
+    """Fail the operations still running past the task timeout (plus a minute); return how many."""
+    from datetime import timedelta
+
+    now = now or timezone.now()
+    timeout = int(settings.Q_CLUSTER.get("timeout") or 600)
+    return ModelOperation.objects.filter(
+        status=ModelOperation.Status.RUNNING, started_at__lt=now - timedelta(seconds=timeout + 60)
+    ).update(status=ModelOperation.Status.FAILED, step="failed", finished_at=now,
+             error=f"The job stopped without finishing: its worker was stopped or it ran past the task timeout ({timeout} s).")
+
+
 def _pull(operation: ModelOperation, report: Callable[[float, str], None]) -> dict[str, Any]:
     params = operation.params
     pulled = pull_model(

@@ -12,6 +12,7 @@ logger = logging.getLogger("modelgate.registry")
 SCHEDULES = {
     # name: (function, schedule type, minutes between runs)
     "registry: check hub updates": ("registry.tasks.check_hub_updates", "D", None),
+    "registry: close stalled model operations": ("registry.tasks.close_stalled_operations", "I", 5),
 }
 
 
@@ -37,3 +38,9 @@ def ensure_schedules(**kwargs: object) -> None:
 def run_model_operation(operation_id: int) -> str:
     """An operation started from the admin (pull, update check, load, unload, health check, benchmark)."""
     return services.run_operation(operation_id)
+
+
+def close_stalled_operations() -> int:
+    """Operations whose worker died or was timed out by the cluster never report again: after the task
+    timeout (plus a minute) they are closed as failed, so their page stops waiting."""
+    return services.close_stalled_operations()

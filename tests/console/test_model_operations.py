@@ -187,3 +187,18 @@ def test_operation_pages_refuse_others(client, customer, staff_without_permissio
         assert staff_without_permissions.get(url).status_code == 403
     assert staff_without_permissions.post(PULL, {"repo_id": LID, "revision": "main"}).status_code == 403
     assert ModelOperation.objects.count() == 1
+
+
+def test_an_operation_whose_worker_died_is_closed_as_failed(starter, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    operation = services.start_operation(kind="load", spec=starter["lid-176"])
+    ModelOperation.objects.filter(pk=operation.pk).update(status="running", started_at=timezone.now() - timedelta(hours=1))
+    fresh = services.start_operation(kind="load", spec=starter["lid-176"])
+    ModelOperation.objects.filter(pk=fresh.pk).update(status="running", started_at=timezone.now())
+    assert services.close_stalled_operations() == 1
+    operation.refresh_from_db()
+    assert operation.status == "failed" and "task timeout" in operation.error
+    assert ModelOperation.objects.get(pk=fresh.pk).status == "running"

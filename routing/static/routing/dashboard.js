@@ -29,13 +29,13 @@
       options: {
         responsive: true, maintainAspectRatio: false,
         scales: {x: {stacked: true}, y: {stacked: true, beginAtZero: true, title: {display: true, text: label},
-          ticks: money ? {callback: function (v) { return "$" + v; }} : {}}}
+          ticks: money ? {callback: function (v) { return data.currency + v; }} : {}}}
       }
     };
   }
 
   draw("chart-requests", stacked("requests", data.local_requests, data.premium_requests, false));
-  draw("chart-cost", stacked("cost ($)", data.local_cost, data.premium_cost, true));
+  draw("chart-cost", stacked("cost (" + data.currency + ")", data.local_cost, data.premium_cost, true));
   draw("chart-latency", {
     type: "bar",
     data: {
