@@ -19,7 +19,16 @@ SCHEDULES = {
     "routing: reap abandoned inferences": ("routing.tasks.reap_abandoned", "I", 1),
     "routing: tune thresholds": ("routing.tasks.tune_policies", "I", settings.MODELGATE_TUNE_MINUTES),
     "routing: check drift": ("routing.tasks.check_drift", "D", None),
+    "routing: prune record texts": ("routing.tasks.prune_record_texts", "H", None),
 }
+
+
+def prune_record_texts() -> str:
+    """The hourly retention prune (routing.retention): old records lose their texts, keep their costs."""
+    from routing.retention import prune_record_texts as prune
+
+    blanked = prune()
+    return f"{sum(blanked.values())} records of {len(blanked)} tenants pruned"
 
 
 def tune_policies() -> str:

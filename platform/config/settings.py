@@ -245,6 +245,11 @@ MODELGATE_TUNE_MINUTES = env_int("MODELGATE_TUNE_MINUTES", 60, min_value=1, max_
 MODELGATE_LOCAL_COMPUTE_PRICE = env_decimal("MODELGATE_LOCAL_COMPUTE_PRICE", "0.00002", min_value="0")
 # Prices, budgets and costs are in whatever currency prices are entered in; the admin writes amounts with this.
 MODELGATE_CURRENCY_SYMBOL = env_str("MODELGATE_CURRENCY_SYMBOL", "$")
+# Days inference records keep their input/output previews and full texts (a tenant may set its own);
+# an hourly prune blanks older ones and keeps everything else (costs, usage, latency). 0: keep them.
+MODELGATE_RECORD_RETENTION_DAYS = env_int("MODELGATE_RECORD_RETENTION_DAYS", 30, min_value=0, max_value=36_500)
+# Rows a tenant deletion or a retention prune handles per transaction.
+MODELGATE_DELETION_BATCH = env_int("MODELGATE_DELETION_BATCH", 2000, min_value=10, max_value=100_000)
 MODELGATE_MAX_BATCH_ITEMS = env_int("MODELGATE_MAX_BATCH_ITEMS", 128, min_value=1)
 MODELGATE_MAX_BATCH_CHARACTERS = env_int("MODELGATE_MAX_BATCH_CHARACTERS", 200_000, min_value=1000)
 # How long a process reuses routing policies, model specs and provider settings it has read.

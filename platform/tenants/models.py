@@ -58,6 +58,13 @@ class Tenant(models.Model):
     store_full_text = models.BooleanField(
         default=False, help_text="Keep the full input of every inference (otherwise a digest and a short preview)."
     )
+    record_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], verbose_name="keep record texts (days)",
+        help_text="How long inference records keep their previews and full texts; costs and usage stay. "
+                  "Empty: MODELGATE_RECORD_RETENTION_DAYS.",
+    )
+    # Every record of the tenant created before this has had its texts blanked: the prune starts here.
+    record_texts_pruned_until = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -162,3 +169,39 @@ class ApiKey(models.Model):
         if self.local_only and not is_local:
             return False
         return not self.allowed_models or slug in self.allowed_models
+
+
+class TenantDeletion(models.Model):
+    """A tenant being deleted in the background, batch by batch (tenants.deletion). The row outlives the
+    tenant, so it names it by id and slug rather than by a foreign key, and keeps what was removed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    tenant_id = models.BigIntegerField(db_index=True)
+    slug = models.SlugField(max_length=50)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    counts = models.JSONField(default=dict, blank=True, help_text="Rows removed so far, by kind (app.model).")
+    requested_by = models.CharField(max_length=150, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One deletion at a time per tenant: asking twice queues nothing more.
+            models.UniqueConstraint(fields=["tenant_id"], condition=Q(status__in=["pending", "running"]),
+                                    name="one_open_deletion_per_tenant"),
+        ]
+
+    def __str__(self) -> str:
+        return f"deletion of {self.slug} ({self.status})"
+
+    @property
+    def removed(self) -> int:
+        return sum(self.counts.values())

@@ -1,0 +1,87 @@
+"""Retention: old records lose their texts, per tenant, and keep their costs and usage."""
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+from django_q.models import Schedule
+
+from routing import tasks
+from routing.models import InferenceRecord
+from routing.retention import prune_record_texts
+from tenants.models import Tenant
+
+pytestmark = pytest.mark.django_db
+
+TEXTS = dict(input_preview="my secret prompt", input_text="my secret prompt in full", output_preview="the answer",
+             feedback_comment="great")
+
+
+def record(tenant: Tenant, days_old: float, request_id: str) -> InferenceRecord:
+    return InferenceRecord.objects.create(
+        request_id=request_id, tenant=tenant, task="chat", model_slug="smollm2", status="ok", units_in=12, units_out=30,
+        cost=Decimal("0.0042"), latency_ms=80.0, input_digest="d" * 64, created_at=timezone.now() - timedelta(days=days_old),
+        **TEXTS,
+    )
+
+
+def texts(request_id: str) -> dict[str, str]:
+    return InferenceRecord.objects.filter(request_id=request_id).values(*TEXTS).get()
+
+
+def test_old_records_lose_their_texts_and_keep_costs_and_usage(tenant_a, settings):
+    settings.MODELGATE_RECORD_RETENTION_DAYS = 30
+    old, recent = record(tenant_a, 31, "retention-old-1"), record(tenant_a, 29, "retention-new-1")
+    assert prune_record_texts() == {"alpha": 1}
+    assert texts("retention-old-1") == dict.fromkeys(TEXTS, "")
+    assert texts("retention-new-1") == TEXTS
+    kept = InferenceRecord.objects.get(pk=old.pk)
+    assert (kept.cost, kept.units_in, kept.units_out, kept.latency_ms, kept.input_digest, kept.status) == (
+        Decimal("0.0042"), 12, 30, 80.0, "d" * 64, "ok")
+    assert InferenceRecord.objects.get(pk=recent.pk).input_text == TEXTS["input_text"]
+
+
+def test_a_tenant_override_beats_the_default_and_other_tenants_keep_theirs(tenant_a, tenant_b, settings):
+    settings.MODELGATE_RECORD_RETENTION_DAYS = 30
+    Tenant.objects.filter(pk=tenant_a.pk).update(record_retention_days=7)
+    record(tenant_a, 8, "retention-a-8d"), record(tenant_a, 6, "retention-a-6d")
+    record(tenant_b, 8, "retention-b-8d"), record(tenant_b, 31, "retention-b-31d")
+    assert prune_record_texts() == {"alpha": 1, "bravo": 1}
+    assert texts("retention-a-8d") == dict.fromkeys(TEXTS, "") and texts("retention-a-6d") == TEXTS
+    assert texts("retention-b-8d") == TEXTS and texts("retention-b-31d") == dict.fromkeys(TEXTS, "")
+
+
+def test_zero_keeps_texts_for_good_and_the_next_run_starts_where_the_last_stopped(tenant_a, settings):
+    settings.MODELGATE_RECORD_RETENTION_DAYS = 0
+    record(tenant_a, 400, "retention-forever")
+    assert prune_record_texts() == {}
+    assert texts("retention-forever") == TEXTS
+    settings.MODELGATE_RECORD_RETENTION_DAYS = 10
+    assert prune_record_texts() == {"alpha": 1}
+    watermark = Tenant.objects.get(pk=tenant_a.pk).record_texts_pruned_until
+    assert timezone.now() - timedelta(days=10, minutes=1) < watermark < timezone.now() - timedelta(days=10) + timedelta(minutes=1)
+    # A row that crosses the line after the last run is pruned by the next one; nothing is read twice.
+    record(tenant_a, 10.5, "retention-crossed")
+    Tenant.objects.filter(pk=tenant_a.pk).update(record_texts_pruned_until=watermark - timedelta(days=1))
+    assert prune_record_texts() == {"alpha": 1}
+    assert texts("retention-crossed") == dict.fromkeys(TEXTS, "")
+
+
+def test_batches_cover_every_row(tenant_a, settings):
+    settings.MODELGATE_RECORD_RETENTION_DAYS = 1
+    settings.MODELGATE_DELETION_BATCH = 10
+    for i in range(25):
+        record(tenant_a, 2, f"retention-batch-{i:03d}")
+    assert prune_record_texts() == {"alpha": 25}
+    assert not InferenceRecord.objects.exclude(input_preview="").exists()
+
+
+def test_the_prune_is_scheduled_hourly(tenant_a, settings):
+    tasks.ensure_schedules()
+    schedule = Schedule.objects.get(name="routing: prune record texts")
+    assert schedule.func == "routing.tasks.prune_record_texts" and schedule.schedule_type == Schedule.HOURLY
+    settings.MODELGATE_RECORD_RETENTION_DAYS = 5
+    record(tenant_a, 6, "retention-scheduled")
+    assert tasks.prune_record_texts() == "1 records of 1 tenants pruned"
