@@ -8,6 +8,7 @@ fields of that request hold text, numbers and objects for the hostile values to 
 from __future__ import annotations
 
 import copy
+import signal
 import json
 import re
 from collections.abc import Callable
@@ -369,3 +370,21 @@ def test_nesting_up_to_the_limit_is_accepted_and_one_level_more_is_not(api, alic
     assert at_limit.json()["error"]["message"].startswith("metadata_schema")
     assert (over.status_code, over.json()["error"]["code"]) == (400, "invalid_json")
     assert "nested deeper than 32 levels" in over.json()["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_served_by_gunicorn_a_long_url_reaches_django_and_one_over_the_limit_is_a_414_in_the_error_shape(tmp_path):
+    from tests.config.test_serve import Served, free_port
+
+    served = Served(free_port(), tmp_path)
+    try:
+        served.wait_for(r"Modelgate is ready")
+        # Over gunicorn's default request line (4,094 bytes), under ours: served.
+        assert served.get("/health?pad=" + "a" * 6000)[0] == 200
+        status, body = served.get("/health?pad=" + "a" * MAX_URL)
+        assert status == 414, body
+        error = json.loads(body)["error"]
+        assert error["code"] == "uri_too_long" and error["request_id"] and "the limit is 8000 bytes" in error["message"]
+    finally:
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=60) == 0, "".join(served.lines)
