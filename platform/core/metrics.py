@@ -10,6 +10,7 @@ Django starts, which is why `serve` sets it for its children rather than setting
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
+logger = logging.getLogger("modelgate.metrics")
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 if MULTIPROC_DIR:
@@ -85,24 +88,29 @@ BREAKER_OPENED = Counter(
 
 
 def observe_attempt(record: Any) -> None:
-    """Count a completed or failed InferenceRecord (called once, after its row was written)."""
-    seconds = (record.latency_ms or 0.0) / 1000
-    INFERENCE_REQUESTS.labels(record.task, record.model_slug, record.tier, record.status, record.purpose).inc()
-    INFERENCE_LATENCY.labels(record.task, record.tier).observe(seconds)
-    cost = float(record.cost or Decimal("0"))
-    if cost > 0:
-        INFERENCE_COST.labels(record.model_slug, record.tier).inc(cost)
-        slug = tenant_slug(record)
-        if slug:
-            TENANT_COST.labels(slug).inc(cost)
+    """Count a completed or failed InferenceRecord (called once, after its row was written). Never
+    raises: the record is written and the money moved, and the client must get its answer."""
+    try:
+        seconds = (record.latency_ms or 0.0) / 1000
+        INFERENCE_REQUESTS.labels(record.task, record.model_slug, record.tier, record.status, record.purpose).inc()
+        INFERENCE_LATENCY.labels(record.task, record.tier).observe(seconds)
+        cost = float(record.cost or Decimal("0"))
+        if cost > 0:
+            INFERENCE_COST.labels(record.model_slug, record.tier).inc(cost)
+            TENANT_COST.labels(tenant_slug(record)).inc(cost)
+    except Exception:
+        logger.exception("inference not counted in the metrics", extra={"record": str(record.pk)})
 
 
 def observe_abandoned(record: Any) -> None:
     """Count a pending record the reaper closed: its request died, so it has no latency or cost."""
-    INFERENCE_REQUESTS.labels(record.task, record.model_slug, record.tier, "abandoned", record.purpose).inc()
+    try:
+        INFERENCE_REQUESTS.labels(record.task, record.model_slug, record.tier, "abandoned", record.purpose).inc()
+    except Exception:
+        logger.exception("inference not counted in the metrics", extra={"record": str(record.pk)})
 
 
-def tenant_slug(record: Any) -> str | None:
+def tenant_slug(record: Any) -> str:
     """The record's tenant slug without a query when the request already loaded its tenant (through the
     key); otherwise read once per process (slugs are stable identifiers)."""
     for owner, field in ((record, "tenant"), (_cached(record, "api_key"), "tenant")):
