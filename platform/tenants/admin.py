@@ -8,10 +8,11 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 
-from tenants import services
-from tenants.models import ApiKey, Scope, Tenant
+from tenants import deletion, services
+from tenants.models import ApiKey, Scope, Tenant, TenantDeletion
 
 _NEW_SECRETS = "_modelgate_new_api_keys"
 
@@ -76,6 +77,26 @@ def activate_tenants(modeladmin: admin.ModelAdmin, request: HttpRequest, queryse
     modeladmin.message_user(request, f"Reactivated {count} tenant(s).", messages.SUCCESS)
 
 
+@admin.action(description="Delete the selected tenants and all their data (in the background)", permissions=["delete"])
+def delete_tenants(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponse | None:
+    """Ask first, on a page listing what goes; then suspend each tenant and queue its deletion job."""
+    if request.POST.get("confirm") != "yes":
+        tenants = queryset.annotate(collection_count=Count("collections", distinct=True),
+                                    key_count=Count("api_keys", distinct=True))
+        for tenant in tenants:
+            tenant.records = tenant.inference_records.count()
+        return TemplateResponse(request, "admin/tenants/tenant/delete_in_background.html", {
+            **modeladmin.admin_site.each_context(request), "title": "Delete tenants and all their data",
+            "tenants": tenants, "opts": modeladmin.model._meta, "cancel_url": reverse("admin:tenants_tenant_changelist"),
+        })
+    who = request.user.get_username()
+    for tenant in queryset:
+        job, created = deletion.request_deletion(tenant, requested_by=who)
+        state = "queued" if created else f"already {job.status}"
+        modeladmin.message_user(request, f"Tenant {tenant.slug} is suspended; its deletion is {state}.", messages.SUCCESS)
+    return None
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status", "active_keys", "created_at"]
@@ -83,7 +104,25 @@ class TenantAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name", "api_keys__prefix", "api_keys__name"]
     readonly_fields = ["created_at", "updated_at"]
     inlines = [ApiKeyInline]
-    actions = [suspend_tenants, activate_tenants]
+    actions = [suspend_tenants, activate_tenants, delete_tenants]
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        # Django's own delete would remove a large tenant in one transaction, in the request: replaced
+        # by delete_tenants, which runs batch by batch in the background.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """The change page's Delete link: the background deletion's confirmation page, not Django's."""
+        from django.shortcuts import redirect
+
+        tenant = self.get_object(request, object_id)
+        if tenant is None or not self.has_delete_permission(request, tenant):
+            return super().delete_view(request, object_id, extra_context)
+        queryset = Tenant.objects.filter(pk=tenant.pk)
+        response = delete_tenants(self, request, queryset)
+        return response or redirect("admin:tenants_tenantdeletion_changelist")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         now = timezone.now()
@@ -164,3 +203,32 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
         response = super().response_add(request, obj, post_url_continue)
         return _secrets_page(request, response.get("Location", "")) or response
+
+
+@admin.register(TenantDeletion)
+class TenantDeletionAdmin(admin.ModelAdmin):
+    """Deletions under way and done: what was removed, kind by kind. Rows are written by the job only."""
+
+    list_display = ["slug", "status", "removed_rows", "requested_by", "created_at", "finished_at"]
+    list_filter = ["status"]
+    search_fields = ["slug"]
+    readonly_fields = ["tenant_id", "slug", "status", "removed_by_kind", "requested_by", "error", "created_at", "updated_at",
+                       "finished_at"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TenantDeletion | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: TenantDeletion | None = None) -> bool:
+        return False
+
+    @admin.display(description="rows removed")
+    def removed_rows(self, job: TenantDeletion) -> int:
+        return job.removed
+
+    @admin.display(description="removed, by kind")
+    def removed_by_kind(self, job: TenantDeletion) -> str:
+        return ", ".join(f"{kind}: {count}" for kind, count in job.counts.items()) or "nothing yet"

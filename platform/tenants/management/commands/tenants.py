@@ -1,13 +1,16 @@
-"""`manage.py tenants create|list|suspend|activate`."""
+"""`manage.py tenants create|list|suspend|activate|delete|export`."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from tenants import services
-from tenants.models import Tenant
+from tenants import deletion, services
+from tenants.export import write_export
+from tenants.models import Tenant, TenantDeletion
 
 
 class Command(BaseCommand):
@@ -22,6 +25,15 @@ class Command(BaseCommand):
         for action in ("suspend", "activate"):
             sub = actions.add_parser(action, help=f"{action.capitalize()} a tenant.")
             sub.add_argument("slug")
+        delete = actions.add_parser("delete", help="Delete a tenant and all its data (suspends it at once; the rest "
+                                                   "runs as a background job unless --now).")
+        delete.add_argument("slug")
+        delete.add_argument("--yes", action="store_true", help="Do not ask for the slug again.")
+        delete.add_argument("--now", action="store_true", help="Delete in this process, printing progress, "
+                                                               "instead of in the task cluster.")
+        export = actions.add_parser("export", help="Write all the tenant's data as JSON lines (no secrets).")
+        export.add_argument("slug")
+        export.add_argument("--output", "-o", help="File to write (default: standard output).")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         if action == "create":
@@ -35,11 +47,43 @@ class Command(BaseCommand):
             for tenant in Tenant.objects.all():
                 keys = tenant.api_keys.usable().count()
                 self.stdout.write(f"{tenant.slug:<30} {tenant.status:<10} {keys:>3} active keys  {tenant.name}")
+        elif action == "delete":
+            self._delete(get_tenant(options["slug"]), yes=options["yes"], now=options["now"])
+        elif action == "export":
+            self._export(get_tenant(options["slug"]), options["output"])
         else:
             tenant = get_tenant(options["slug"])
             tenant.status = Tenant.Status.SUSPENDED if action == "suspend" else Tenant.Status.ACTIVE
             tenant.save(update_fields=["status", "updated_at"])
             self.stdout.write(self.style.SUCCESS(f"Tenant {tenant.slug} is now {tenant.status}."))
+
+
+    def _delete(self, tenant: Tenant, *, yes: bool, now: bool) -> None:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise CommandError("Deleting a tenant removes all its data for good: add --yes to confirm.")
+            if input(f"Type {tenant.slug} to delete it and all its data: ").strip() != tenant.slug:
+                raise CommandError("Not confirmed; nothing was deleted.")
+        job, created = deletion.request_deletion(tenant, requested_by="manage.py tenants delete", background=not now)
+        if not now:
+            state = "queued" if created else f"already {job.status}"
+            self.stdout.write(self.style.SUCCESS(f"Tenant {tenant.slug} is suspended; its deletion #{job.pk} is {state}."))
+            self.stdout.write("Follow it in the admin: Tenants › Tenant deletions.")
+            return
+        deletion.run(job.pk, time_limit=float("inf"))
+        job.refresh_from_db()
+        for kind, count in job.counts.items():
+            self.stdout.write(f"  {kind:<40} {count:>10}")
+        self.stdout.write(self.style.SUCCESS(f"Deleted tenant {tenant.slug}: {job.removed} rows."))
+
+    def _export(self, tenant: Tenant, output: str | None) -> None:
+        if output is None:
+            counts = write_export(tenant, self.stdout)
+        else:
+            with Path(output).open("w", encoding="utf-8") as out:
+                counts = write_export(tenant, out)
+        summary = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+        self.stderr.write(f"Exported tenant {tenant.slug}: {summary}.")
 
 
 def get_tenant(slug: str) -> Tenant:

@@ -1,0 +1,93 @@
+"""Deleting a tenant and everything it owns, in the background, batch by batch.
+
+One DELETE of a large tenant would hold locks on millions of rows for minutes and make one huge
+transaction; here each batch (MODELGATE_DELETION_BATCH rows of one kind, with whatever cascades
+from them) commits on its own, children before parents (tenants.ownership), and the TenantDeletion
+row shows the counts as they grow. The tenant is suspended first, so its keys stop working while its
+data goes; a job stopped half-way (a restart, a timeout) is simply run again and goes on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants.models import Tenant, TenantDeletion
+from tenants.ownership import owned_models
+
+logger = logging.getLogger("modelgate.tenants")
+
+
+def request_deletion(tenant: Tenant, *, requested_by: str = "", background: bool = True) -> tuple[TenantDeletion, bool]:
+    """Suspend the tenant and queue its deletion (unless the caller runs it itself: `background=False`);
+    returns the deletion and whether it is new (a tenant being deleted keeps its one open deletion)."""
+    with transaction.atomic():
+        Tenant.objects.filter(pk=tenant.pk).update(status=Tenant.Status.SUSPENDED, updated_at=timezone.now())
+        try:
+            with transaction.atomic():
+                deletion = TenantDeletion.objects.create(tenant_id=tenant.pk, slug=tenant.slug, requested_by=requested_by[:150])
+        except IntegrityError:
+            return TenantDeletion.objects.get(tenant_id=tenant.pk, status__in=_OPEN), False
+        if background:
+            transaction.on_commit(lambda: queue(deletion))
+    logger.warning("tenant deletion requested", extra={"tenant": tenant.slug, "deletion_id": deletion.pk, "by": requested_by})
+    return deletion, True
+
+
+_OPEN = [TenantDeletion.Status.PENDING, TenantDeletion.Status.RUNNING]
+
+
+def queue(deletion: TenantDeletion) -> None:
+    from django_q.tasks import async_task
+
+    async_task("tenants.deletion.run", deletion.pk, task_name=f"delete tenant {deletion.slug} ({deletion.pk})")
+
+
+def run(deletion_id: int, *, time_limit: float | None = None) -> str:
+    """Delete what is left of the tenant. Works for at most `time_limit` seconds (by default a share of
+    the task cluster's timeout), then queues its own continuation: no single task runs into the timeout."""
+    deletion = TenantDeletion.objects.get(pk=deletion_id)
+    if deletion.status == TenantDeletion.Status.DONE:
+        return "done"
+    limit = time_limit if time_limit is not None else settings.Q_CLUSTER["timeout"] * 0.5
+    deadline = time.monotonic() + limit
+    TenantDeletion.objects.filter(pk=deletion.pk).update(status=TenantDeletion.Status.RUNNING, error="")
+    counts = Counter(deletion.counts)
+    try:
+        for owned in owned_models():
+            rows = owned.rows(deletion.tenant_id)
+            while True:
+                if time.monotonic() > deadline:
+                    _save(deletion, counts)
+                    queue(deletion)
+                    return "continued"
+                with transaction.atomic():
+                    ids = list(rows.values_list("pk", flat=True)[: settings.MODELGATE_DELETION_BATCH])
+                    if not ids:
+                        break
+                    counts.update(owned.model._base_manager.filter(pk__in=ids).delete()[1])
+                _save(deletion, counts)
+        with transaction.atomic():
+            # Whatever arrived meanwhile (a request admitted before the suspension) goes with the tenant.
+            counts.update(Tenant.objects.filter(pk=deletion.tenant_id).delete()[1])
+    except Exception as exc:
+        TenantDeletion.objects.filter(pk=deletion.pk).update(
+            status=TenantDeletion.Status.FAILED, counts=_clean(counts), error=f"{exc.__class__.__name__}: {exc}"[:2000])
+        logger.exception("tenant deletion failed", extra={"tenant": deletion.slug, "deletion_id": deletion.pk})
+        raise
+    TenantDeletion.objects.filter(pk=deletion.pk).update(
+        status=TenantDeletion.Status.DONE, counts=_clean(counts), finished_at=timezone.now())
+    logger.warning("tenant deleted", extra={"tenant": deletion.slug, "deletion_id": deletion.pk, "rows": sum(counts.values())})
+    return "done"
+
+
+def _clean(counts: Counter[str]) -> dict[str, int]:
+    return {kind: count for kind, count in sorted(counts.items()) if count}
+
+
+def _save(deletion: TenantDeletion, counts: Counter[str]) -> None:
+    TenantDeletion.objects.filter(pk=deletion.pk).update(counts=_clean(counts), updated_at=timezone.now())
