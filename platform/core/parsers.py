@@ -134,9 +134,7 @@ class FormParser(parsers.FormParser):
 class MultiPartParser(parsers.MultiPartParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
         parsed = super().parse(stream, media_type, parser_context)
-        check_text_of_form(parsed.data)
-        # An uploaded file's name is kept (an ingestion job's source_name): it must be storable too.
-        check_text({key: [upload.name or "" for upload in parsed.files.getlist(key)] for key in parsed.files})
+        check_text_of_form(parsed.data)  # file names need no check: Django keeps only their printable characters
         return parsed
 
 

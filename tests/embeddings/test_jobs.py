@@ -312,3 +312,10 @@ def test_a_json_body_s_records_of_the_wrong_shape_are_listed_by_the_job(api, ali
         (4, "id: Not a valid string."),
     ]
     assert list(Document.objects.values_list("external_id", flat=True)) == ["fine"]
+
+
+def test_an_upload_whose_file_name_holds_a_nul_keeps_the_name_without_it(api, alice, empty):
+    # Django drops non-printable characters from uploaded file names: the name is storable as it comes.
+    response = upload(api, alice, jsonl(topic_documents()[:1]), name="docs\x00.jsonl")
+    assert response.status_code == 202, response.content
+    assert IngestionJob.objects.get().source_name == response.json()["source_name"] == "docs.jsonl"
