@@ -14,6 +14,20 @@ if TYPE_CHECKING:
 
 SAMPLE_RATE = 16_000
 
+# Demuxers of audio files: what OpenAI's transcription API takes (flac, mp3, mp4, mpeg, mpga, m4a, ogg,
+# wav, webm), the other audio-only formats, and ffmpeg's own NUT. Anything else ffmpeg recognises —
+# images, video containers, subtitles, playlists (HLS, concat) that would fetch other URLs or files — is
+# refused: an upload is judged by what its bytes decode as, never by its name or content type.
+AUDIO_FORMATS = frozenset({
+    "wav", "w64", "flac", "ogg", "mp3", "mpeg", "aac", "aiff", "au", "caf", "amr", "amrnb", "amrwb", "wv", "ape",
+    "tta", "mov", "mp4", "m4a", "3gp", "3g2", "matroska", "webm", "nut",
+})
+
+
+def _no_other_files(url: str, flags: int, options: dict[str, str]) -> None:
+    """ffmpeg's hook for a format that wants to open another file or URL: never allowed."""
+    raise PermissionError("an audio upload may not refer to other files")
+
 
 def decode_audio(data: bytes, *, max_seconds: float) -> np.ndarray:
     """Decode, downmix and resample. Refuses empty input, non-audio bytes and audio over `max_seconds`.
@@ -26,12 +40,14 @@ def decode_audio(data: bytes, *, max_seconds: float) -> np.ndarray:
     import av
 
     try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.FFmpegError, ValueError) as exc:
+        container = av.open(io.BytesIO(data), mode="r", io_open=_no_other_files)
+    except (av.error.FFmpegError, ValueError, PermissionError) as exc:
         raise InvalidInput(f"The file is not audio we can decode ({exc.__class__.__name__}).") from None
     with container:
         if not container.streams.audio:
             raise InvalidInput("The file has no audio stream.")
+        if not AUDIO_FORMATS.intersection(container.format.name.split(",")):
+            raise InvalidInput(f"The file is {container.format.long_name or container.format.name}, not an audio file we take.")
         stream = container.streams.audio[0]
         declared = _declared_seconds(container, stream)
         if declared is not None and declared > max_seconds:
