@@ -166,6 +166,7 @@ def url_cases(row: Row, objects: AlicesObjects) -> list[Case]:
              code="invalid_request"),
         Case("URL over the limit", lambda api, caller: getattr(api, row.method)(url + "?pad=" + "a" * MAX_URL, **caller.auth),
              status=(414,), code="uri_too_long"),
+        Case("1,500 query parameters", lambda api, caller: getattr(api, row.method)(url + "?" + "a=1&" * 1500, **caller.auth)),
     ]
     parameters = PARAMETER.findall(row.route)
     for name in parameters or ["(none)"]:
@@ -177,6 +178,9 @@ def url_cases(row: Row, objects: AlicesObjects) -> list[Case]:
                           code="invalid_request"))
         cases.append(Case(f"a 7,000-character path segment ({name})",
                           lambda api, caller, u=long_url: getattr(api, row.method)(u, **caller.auth), status=(400, 404, 405)))
+        odd_url = nul_url.replace("%00", "%ED%A0%80%FF")
+        cases.append(Case(f"invalid UTF-8 in the path ({name})",
+                          lambda api, caller, u=odd_url: getattr(api, row.method)(u, **caller.auth), status=(400, 404, 405)))
     return cases
 
 
@@ -388,3 +392,10 @@ def test_served_by_gunicorn_a_long_url_reaches_django_and_one_over_the_limit_is_
     finally:
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=60) == 0, "".join(served.lines)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query, named", [("from=%ED%A0%80", "from"), ("to=2026-01-0%FF", "to"), ("group_by=d%C3ay", "group_by")])
+def test_a_query_parameter_that_is_not_utf8_is_a_400_naming_it(api, alice, query, named):
+    response = api.get(f"/v1/usage?{query}", **alice.auth)
+    assert response.status_code == 400 and response.json()["error"]["message"].startswith(f"{named}:")
