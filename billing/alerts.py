@@ -220,9 +220,10 @@ def _webhook(alert: Alert, body: dict[str, object]) -> str:
 
 # --- webhook settings -----------------------------------------------------------------------------
 def check_webhook_url(url: str) -> str | None:
-    """https or http only, and — unless the operator allows it — no private, loopback or link-local
-    target: a tenant's webhook must not reach into the network Modelgate runs in. Returns the vetted
-    address to connect to (None when private targets are allowed and nothing was resolved)."""
+    """https or http only, and — unless the operator allows it — no private, loopback, link-local or
+    multicast target: a tenant's webhook must not reach into the network Modelgate runs in. Networks in
+    MODELGATE_WEBHOOK_ALLOW_NETWORKS are allowed; MODELGATE_WEBHOOK_ALLOW_PRIVATE allows everything.
+    Returns the vetted address to connect to (None when everything is allowed and nothing was resolved)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("The webhook URL must be an http:// or https:// URL with a host.")
@@ -232,14 +233,33 @@ def check_webhook_url(url: str) -> str | None:
         return None
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):
         raise ValidationError(f"The webhook host {parts.hostname!r} does not resolve.") from None
     addresses = [info[4][0] for info in infos]
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
+        if not is_public(ip) and not any(ip in network for network in settings.MODELGATE_WEBHOOK_ALLOW_NETWORKS):
             raise ValidationError(f"The webhook host {parts.hostname!r} resolves to a non-public address ({ip}).")
     return addresses[0]
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A global unicast address, and for IPv6 one that embeds no private IPv4 address either: a NAT64,
+    6to4, Teredo or IPv4-mapped address of 10.0.0.1 reaches 10.0.0.1."""
+    if ip.is_multicast or not ip.is_global:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded: list[ipaddress.IPv4Address] = [v4 for v4 in (ip.ipv4_mapped, ip.sixtofour) if v4 is not None]
+        if ip.teredo:
+            embedded.extend(ip.teredo)
+        if any(ip in network for network in _NAT64) or ip in _IPV4_COMPATIBLE:
+            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return all(is_public(v4) for v4 in embedded)
+    return True
 
 
 def post_pinned(url: str, address: str | None, *, content: bytes, headers: dict[str, str]) -> httpx2.Response:

@@ -180,6 +180,14 @@ MODELGATE_WEBHOOK_ATTEMPTS = env_int("MODELGATE_WEBHOOK_ATTEMPTS", 5, min_value=
 MODELGATE_WEBHOOK_RETRY_SECONDS = env_float("MODELGATE_WEBHOOK_RETRY_SECONDS", 2.0, min_value=0.0, max_value=60.0)
 MODELGATE_WEBHOOK_TIMEOUT = env_float("MODELGATE_WEBHOOK_TIMEOUT", 10.0, min_value=0.5, max_value=60.0)
 MODELGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("MODELGATE_WEBHOOK_ALLOW_PRIVATE", False)
+# Private networks webhooks may reach although MODELGATE_WEBHOOK_ALLOW_PRIVATE is off (an internal alert relay).
+MODELGATE_WEBHOOK_ALLOW_NETWORKS = []
+for _network in env_list("MODELGATE_WEBHOOK_ALLOW_NETWORKS", []):
+    try:
+        MODELGATE_WEBHOOK_ALLOW_NETWORKS.append(ipaddress.ip_network(_network, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(f"MODELGATE_WEBHOOK_ALLOW_NETWORKS items are addresses or networks (10.0.0.0/8, "
+                                   f"fd00::/8); got {_network!r}.") from None
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
 # Admin logins are rate-limited by django-axes: after MODELGATE_ADMIN_LOGIN_ATTEMPTS failures for one
@@ -235,6 +243,9 @@ MODELGATE_PREPARE_MODELS_ON_START = env_bool("MODELGATE_PREPARE_MODELS_ON_START"
 
 # --- Routing ---------------------------------------------------------------------------------
 MODELGATE_REQUEST_TIMEOUT = env_int("MODELGATE_REQUEST_TIMEOUT", 120, min_value=1, max_value=3600)
+# A streamed chat's overall deadline (seconds): past it the upstream is closed and what was streamed is
+# charged and recorded. The reaper leaves a stream that reports progress alone until this has passed.
+MODELGATE_STREAM_TIMEOUT = env_int("MODELGATE_STREAM_TIMEOUT", 600, min_value=1, max_value=24 * 3600)
 MODELGATE_MAX_OUTPUT_TOKENS = env_int("MODELGATE_MAX_OUTPUT_TOKENS", 1024, min_value=1)
 # Shadow evaluation: what each tenant's premium "teacher" calls may spend per month (0: no shadow evaluation).
 MODELGATE_EVALUATION_ALLOWANCE = env_decimal("MODELGATE_EVALUATION_ALLOWANCE", "5", min_value="0")
@@ -328,7 +339,8 @@ REST_FRAMEWORK = {
         "core.parsers.MultiPartParser",
         "core.parsers.FormParser",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus every error status an operation can answer (platform/tenants/openapi.py).
+    "DEFAULT_SCHEMA_CLASS": "tenants.openapi.ModelgateAutoSchema",
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -341,7 +353,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": r"/v1",
-    "ENUM_NAME_OVERRIDES": {"AlertDeliveryEnum": "billing.models.Alert.Delivery"},
+    "ENUM_NAME_OVERRIDES": {"AlertDeliveryEnum": "billing.models.Alert.Delivery", "LanguageEnum": "inference.languages.NLLB_CODES"},
+    # Request bodies described as the serializers read them: uploads as binary, non-blank strings with minLength.
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Logging --------------------------------------------------------------------------------

@@ -121,3 +121,17 @@ def test_behind_the_tls_proxy_the_address_the_proxy_appended_is_counted(operator
     # Everyone else behind the same proxy still logs in.
     assert through_proxy("198.51.100.4", PASSWORD).status_code == 302
     assert AccessAttempt.objects.get(username="operator").ip_address == "203.0.113.50"
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("MODELGATE_PRODUCTION", "perhaps", "MODELGATE_PRODUCTION must be a boolean"),
+    ("MODELGATE_HSTS_SECONDS", "-1", "MODELGATE_HSTS_SECONDS must be at least 0"),
+    ("MODELGATE_ADMIN_LOGIN_ATTEMPTS", "0", "MODELGATE_ADMIN_LOGIN_ATTEMPTS must be at least 1"),
+    ("MODELGATE_ADMIN_LOCKOUT_MINUTES", "soon", "MODELGATE_ADMIN_LOCKOUT_MINUTES must be an integer"),
+    ("MODELGATE_RECORD_RETENTION_DAYS", "-3", "MODELGATE_RECORD_RETENTION_DAYS must be at least 0"),
+    ("MODELGATE_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/8,intranet", "MODELGATE_WEBHOOK_ALLOW_NETWORKS items are addresses"),
+])
+def test_a_bad_security_setting_stops_the_process(variable, value, message):
+    result = subprocess.run([sys.executable, str(ROOT / "manage.py"), "check"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, variable: value})
+    assert result.returncode != 0 and message in result.stderr
