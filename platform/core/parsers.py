@@ -101,10 +101,10 @@ def too_deep(data: Any, max_depth: int) -> bool:
     return False
 
 
-# In JSON text, a NUL or a lone surrogate can only come as a \u escape: the decoder refuses raw control
-# characters in strings, and no text codec decodes to a surrogate. Without such an escape in the body,
-# no string of it needs looking at.
-_UNSAFE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+# A NUL or a lone surrogate reaches a parsed string as a \u escape of the JSON text, or as itself when the
+# declared charset decodes to one (unicode_escape does). Without either in the text, no string of the body
+# needs looking at.
+_MAY_BE_UNSAFE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})|[\x00\ud800-\udfff]")
 
 
 class JSONParser(parsers.JSONParser):
@@ -118,7 +118,7 @@ class JSONParser(parsers.JSONParser):
             raise ParseError(f"JSON parse error - {exc}") from None
         except RecursionError:
             raise ParseError(f"JSON parse error - nested deeper than {limit} levels.") from None
-        problem = text_problem(data, max_depth=limit) if _UNSAFE_ESCAPE.search(text) else None
+        problem = text_problem(data, max_depth=limit) if _MAY_BE_UNSAFE.search(text) else None
         if (problem is not None and problem.too_deep) or (problem is None and too_deep(data, limit)):
             raise ParseError(f"JSON parse error - nested deeper than {limit} levels.")
         if problem is not None:

@@ -67,6 +67,13 @@ def test_a_long_key_is_cut_in_the_path_named():
     assert str(problem) == "k" * 64 + ": Holds a NUL character (U+0000), which cannot be stored."
 
 
+@pytest.mark.parametrize("charset", ["unicode_escape", "raw_unicode_escape"])
+def test_a_charset_that_decodes_to_a_lone_surrogate_meets_the_same_rule(charset):
+    body = b'{"input": "a\\ud800"}'  # the codec, not JSON, turns the escape into the character
+    with pytest.raises(InvalidText, match="input: Holds a lone surrogate"):
+        JSONParser().parse(io.BytesIO(body), "application/json", {"encoding": charset})
+
+
 def test_invalid_utf8_and_nan_are_invalid_json():
     for body in (b'{"a": "\xed\xa0\x80"}', b'{"a": NaN}', b'{"a": 1e999999999999}x'):
         with pytest.raises(ParseError):
