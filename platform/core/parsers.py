@@ -139,6 +139,6 @@ class MultiPartParser(parsers.MultiPartParser):
 
 
 def check_text_of_form(data: Any) -> Any:
-    """Form values are decoded by Django with replacement characters, so only NUL can reach here."""
+    """Form fields meet the JSON body's text rule (a form has no nesting to limit)."""
     check_text({key: values[0] if len(values) == 1 else values for key, values in data.lists()})
     return data
