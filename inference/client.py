@@ -53,6 +53,8 @@ class RemotePool:
         """Pieces as the server's model writes them; closing the stream closes the connection, which
         stops the model there. Errors before the first piece (InvalidInput…) raise here."""
         sock = self._connect()
+        # The connect timeout is not the stream's: a model's first load comes before its first piece.
+        sock.settimeout(IDLE_SECONDS)
         try:
             wire.send(sock, {"op": "stream", "config": config, "item": item})
             first = wire.receive(sock)

@@ -28,6 +28,7 @@ from core.recent import configuration
 from routing import quality, shadow
 from routing.attempts import Outcome, admit, complete, hold_and_admit, refuse, release, settle, tokens_used
 from routing.premium import run_premium
+from routing.providers import ProviderRateLimited
 from routing.agreement import agreement
 from routing.models import InferenceRecord, LearnedRouter, QualitySignal, RoutingPolicy
 from tenants.models import ApiKey
@@ -55,6 +56,13 @@ class NoModelAvailable(ApiError):
 class UpstreamFailed(ApiError):
     status_code = status.HTTP_502_BAD_GATEWAY
     default_code = "upstream_failed"
+
+
+class UpstreamRateLimited(ApiError):
+    """Every candidate left was a provider refusing for its rate limit: a 503 to retry after its hint."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "upstream_rate_limited"
 
 
 class InputRejected(ApiError):
@@ -137,6 +145,7 @@ class Walk:
         self.previous: InferenceRecord | None = None
         self.attempts: list[InferenceRecord] = []
         self.last_error, self.last_code = "", ""
+        self.last_retry_after: float | None = None
         self.budget = budget_of(key.tenant)
 
     def __iter__(self) -> Iterator[tuple[ModelSpec, Hold, InferenceRecord, bool]]:
@@ -170,6 +179,7 @@ class Walk:
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
             release(held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
             self.last_error, self.last_code = f"{spec.slug}: {message}", code
+            self.last_retry_after = getattr(exc, "retry_after", None)
             self.pass_on(record, f"fallback after {spec.slug} failed ({code})", InferenceRecord.EscalationCause.ERROR)
             logger.warning("candidate failed", extra={"model": spec.slug, "code": code})
             return
@@ -184,6 +194,11 @@ class Walk:
         if self.last_code == "model_server_unavailable":
             # The models' process is gone (restarting): nobody can serve this now, a 503 to retry.
             return NoModelAvailable(f"No model server can serve this now; retry shortly. ({self.last_error})")
+        if self.last_code == ProviderRateLimited.code:
+            # The provider's own limit, after the SDK's retries: the client may retry once it has passed.
+            wait = max(1, math.ceil(self.last_retry_after or 1))
+            return UpstreamRateLimited(f"The provider is rate limiting; retry in {wait} s. ({self.last_error})",
+                                       headers={"Retry-After": str(wait)})
         return UpstreamFailed(f"Every candidate model failed; last: {self.last_error}" if self.last_error
                               else "Every candidate model failed.")
 
