@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import soundfile
 
-from tests.routing.conftest import FIXTURES, chat_dir, chat_model  # noqa: F401  (fixtures, re-exported)
+from tests.routing.conftest import FIXTURES, chat_model  # noqa: F401  (a fixture, re-exported)
 from tests.routing.fake_providers import fake_providers  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +63,62 @@ def microphone_clip(tmp_path_factory) -> Path:
     return path
 
 
+WARM_MODELS = ("lid-176", "minilm-l6", "whisper-tiny-en")  # what the playground's tasks load first
+
+
+def load_starter_models(slugs: tuple[str, ...]) -> None:
+    from inference.client import Fleet
+    from registry import services as registry_services
+    from registry.models import ModelSpec
+
+    configs = [ModelSpec(**fields).to_config() for fields in registry_services.starter_pack() if fields["slug"] in slugs]
+    pool = Fleet(list(registry_services.get_pool().servers))  # no placement: that is read from the database
+    for config in configs:
+        pool.load(config)
+    import anthropic  # noqa: F401  (the provider SDKs load on a premium model's first call: seconds)
+    import openai  # noqa: F401
+
+
+BUILD_CHAT_MODEL = """
+import sys
+from pathlib import Path
+from inference.convert import transformers_to_ctranslate2
+from tests.inference.tiny_generation import build_tiny_chat_model
+root = Path(sys.argv[1])
+print(transformers_to_ctranslate2(build_tiny_chat_model(root / "hf"), root / "ct2"))
+"""
+
+
+def build_chat_model(root: Path) -> Path:
+    """The routing tests' tiny chat model, built in a process of its own: torch and the converter then
+    take another core rather than this process's interpreter, which serves the pages meanwhile."""
+    done = subprocess.run([sys.executable, "-c", BUILD_CHAT_MODEL, str(root)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "platform")])})
+    if done.returncode != 0:
+        raise RuntimeError(f"Building the tiny chat model failed:\n{done.stderr[-4000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
-def browser(chromium: str, microphone_clip: Path) -> Iterator:
+def warm(model_server, tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """What the pages need that takes seconds — the starter models loaded in the model server (another
+    process), the provider SDKs imported, the tiny chat model built — made in the background while
+    Chromium starts and the first pages run, instead of one after another inside the tests."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="warm") as executor:
+        work = {"models": executor.submit(load_starter_models, WARM_MODELS),
+                "chat": executor.submit(build_chat_model, tmp_path_factory.mktemp("chat"))}
+        yield work
+        work["models"].result(timeout=300)  # a failure to load shows here, not only as slower tests
+
+
+@pytest.fixture(scope="module")
+def chat_dir(warm: dict[str, Future]) -> Path:
+    """The routing tests' tiny chat model (tests/routing/conftest.py `chat_model` uses it), built in the background."""
+    return warm["chat"].result(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str, microphone_clip: Path, warm: dict[str, Future]) -> Iterator:
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an asyncio loop on this thread; Django would take the ORM calls of the

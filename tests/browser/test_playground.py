@@ -1,16 +1,20 @@
 """The playground at /playground, clicked through in Chromium: every task against real local models (and the
 loopback premium fake), the answer shown with its model, tier, latency, cost and trace; the key kept in the
-browser and sent only to our own API."""
+browser and sent only to our own API. Then the operator's side: the admin login, the dashboard, a
+record's trace."""
 from __future__ import annotations
 
 import re
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Locator, Page, expect
 
+from billing.usage import rollup
+from routing.models import InferenceRecord
 from tenants.models import Scope
 from tests.conftest import Caller, make_caller
-from tests.routing.conftest import FIXTURES
+from tests.routing.conftest import FIXTURES, post
 from tests.routing.test_premium_routing import premium
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -228,3 +232,54 @@ def test_the_page_runs_no_inline_script_under_a_strict_policy(page, live_server)
     assert page.locator("script:not([src])").count() == 0
     assert page.locator("[onclick], [onsubmit], [onchange]").count() == 0
     expect(page.locator("body")).to_have_attribute("data-ready", "true")  # the page's own script ran under it
+
+
+# --- the operator's side: the admin, its dashboard and a record's trace --------------------------------
+OPERATOR_PASSWORD = "correct-horse-battery-staple-7"
+
+
+@pytest.fixture
+def operator(django_user_model):
+    return django_user_model.objects.create_superuser("operator", "operator@example.com", OPERATOR_PASSWORD)
+
+
+def log_into_the_admin(page: Page, operator) -> None:
+    page.goto("/admin/login/?next=/admin/")
+    page.fill("#id_username", operator.username)
+    page.fill("#id_password", OPERATOR_PASSWORD)
+    page.click("#login-form [type=submit]")
+    expect(page.locator("#dashboard-link")).to_be_visible()
+
+
+def test_an_operator_logs_in_and_the_dashboard_shows_the_tenants_traffic(page, api, alice, starter, operator):
+    for text in ("Bonjour à tous, comment allez-vous ?", "Good morning, everyone."):
+        assert post(api, "/v1/detect-language", {"text": text}, alice).status_code == 200
+    answers = InferenceRecord.objects.filter(tenant=alice.tenant, purpose=InferenceRecord.Purpose.ANSWER).count()
+    today = timezone.now().date()
+    rollup(today, today)  # the totals read the daily rollups, which the scheduler recomputes every five minutes
+
+    log_into_the_admin(page, operator)
+    page.click("#dashboard-link")
+    expect(page.locator("body.dashboard")).to_be_visible()
+    page.goto(f"/admin/routing/inferencerecord/dashboard/?tenant={alice.tenant.slug}&start={today}&end={today}")
+    expect(page.locator("canvas#chart-requests")).to_have_attribute("data-rendered", "true")
+    expect(page.locator('#dashboard-totals [data-figure="requests"] strong')).to_have_text(str(answers))
+    expect(page.locator("table#latency-table")).to_contain_text("lid-176")
+
+
+def test_a_records_trace_page_shows_every_attempt_of_its_request(page, api, alice, starter, fake_providers, operator):
+    premium("gpt-translate", "translation", fake_providers)
+    fake_providers.reply('{"translation": "Bonjour, comment allez-vous ?"}')
+    response = post(api, "/v1/translate", {"text": "Hello, how are you today?", "target": "fr"}, alice)
+    assert response.status_code == 200, response.content
+    translation = response.json()["inference_id"]
+
+    log_into_the_admin(page, operator)
+    page.goto(f"/admin/routing/inferencerecord/{translation}/change/")
+    attempts = page.locator("#request-trace table#trace-attempts tr.trace-attempt")
+    expect(attempts).to_have_count(2)  # the source language detected, then the translation
+    expect(attempts.nth(0)).to_contain_text("lid-176")
+    current = page.locator("tr.trace-attempt.current")
+    expect(current).to_have_attribute("data-record", translation)
+    expect(current).to_contain_text("gpt-translate")
+    expect(current).to_contain_text("premium")

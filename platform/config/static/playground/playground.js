@@ -184,10 +184,11 @@
     return String(value);
   }
 
+  // Costs come as decimal strings ("0.000000619000"): shown exactly, without the trailing zeros.
   function formatCost(value) {
-    const number = Number(value);
-    if (!Number.isFinite(number)) return String(value);
-    return number === 0 ? "0" : number.toPrecision(3).replace(/\.?0+(e|$)/, "$1");
+    const text = String(value);
+    if (!/^\d+\.\d+$/.test(text)) return text;
+    return text.replace(/\.?0+$/, "") || "0";
   }
 
   function showMeta(box, meta) {
