@@ -85,3 +85,18 @@ def test_the_prune_is_scheduled_hourly(tenant_a, settings):
     settings.MODELGATE_RECORD_RETENTION_DAYS = 5
     record(tenant_a, 6, "retention-scheduled")
     assert tasks.prune_record_texts() == "1 records of 1 tenants pruned"
+
+
+def test_operators_set_a_tenants_retention_in_the_admin(client, tenant_a):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("operator", "", "a-long-password-1"))
+    url = f"/admin/tenants/tenant/{tenant_a.pk}/change/"
+    assert 'name="record_retention_days"' in client.get(url).content.decode()
+    form = {"slug": "alpha", "name": "Alpha Corp", "status": "active", "record_retention_days": "14",
+            "api_keys-TOTAL_FORMS": "0", "api_keys-INITIAL_FORMS": "0", "api_keys-MIN_NUM_FORMS": "0",
+            "api_keys-MAX_NUM_FORMS": "1000"}
+    assert client.post(url, form).status_code == 302
+    assert Tenant.objects.get(pk=tenant_a.pk).record_retention_days == 14
+    refused = client.post(url, {**form, "record_retention_days": "0"})
+    assert refused.status_code == 200 and Tenant.objects.get(pk=tenant_a.pk).record_retention_days == 14
