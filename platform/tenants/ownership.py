@@ -18,7 +18,7 @@ from django.db import models
 from tenants.models import Tenant
 
 # Never exported: hashes of key secrets, encrypted provider keys and webhook secrets, passwords.
-SECRET_FIELD = re.compile(r"secret|password|encrypted|credential_key")
+SECRET_FIELD = re.compile(r"secret|password|encrypted")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
 
@@ -93,7 +95,11 @@ def test_deleting_removes_everything_of_the_tenant_and_nothing_of_another(two_te
         job, created = deletion.request_deletion(alpha, requested_by="operator")
     assert created and OrmQ.objects.count() == queued + 1  # the job went to the task cluster
     assert Tenant.objects.get(pk=alpha.pk).status == Tenant.Status.SUSPENDED  # keys stop at once
-    assert deletion.run(job.pk) == "done"
+    with CaptureQueriesContext(connection) as queries:
+        assert deletion.run(job.pk) == "done"
+    # Each batch of two rows is its own transaction (a savepoint inside this test's own transaction).
+    batches = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SAVEPOINT")]
+    assert len(batches) >= 4 + 5 + 16  # 7 records, 9 documents, and at least one batch per kind
     assert not Tenant.objects.filter(pk=alpha.pk).exists()
     assert set(owned_counts(alpha.pk).values()) == {0}
     assert not Document.objects.filter(text__startswith="alpha").exists()
