@@ -7,6 +7,7 @@ import csv
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -316,6 +317,7 @@ class InferenceRecordAdmin(admin.ModelAdmin):
     search_fields = ["request_id"]  # searched exactly, see get_search_results
     list_select_related = ["tenant"]
     show_full_result_count = False  # counting millions of rows on every page is the slow part
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice would read every record
     paginator = EstimatedCountPaginator
     change_form_template = "admin/routing/inferencerecord/change_form.html"
     change_list_template = "admin/routing/inferencerecord/change_list.html"
@@ -413,7 +415,11 @@ class InferenceRecordAdmin(admin.ModelAdmin):
             raise PermissionDenied
         from billing.admin import UsageRangeForm
 
-        form = UsageRangeForm(request.GET or {})
+        from billing.usage import today
+
+        # Without a query, the last 30 days, written into the form so the operator sees the range shown.
+        end = today()
+        form = UsageRangeForm(request.GET or {"start": (end - timedelta(days=29)).isoformat(), "end": end.isoformat()})
         context: dict[str, Any] = {
             **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Dashboard", "form": form,
         }

@@ -35,7 +35,7 @@ SELECT lpad(to_hex(g), 32, '0')::uuid, 'scale-' || g, CASE WHEN g %% 4 = 0 THEN 
        CASE WHEN g %% 10 = 0 THEN 'premium' ELSE 'local' END,
        CASE WHEN g %% 50 = 0 THEN 'error' WHEN g %% 10 = 3 THEN 'escalated' ELSE 'ok' END,
        now() - make_interval(secs => g * %(spread)s), now() - make_interval(secs => g * %(spread)s) + interval '20 ms',
-       md5(g::text), 'text ' || g, '', 'en', 1, 'characters', 40, 0,
+       '', 'text', '', 'en', 1, 'characters', 40, 0,
        (g %% 7)::float, 5 + (g %% 97)::float, 6 + (g %% 997)::float, 0.00002, CASE WHEN g %% 10 = 0 THEN 0.002 ELSE 0.00001 END,
        (g %% 100) / 100.0, (g %% 100) / 100.0, 0.5, 'scale',
        CASE WHEN g %% 10 = 3 THEN 'low_confidence' ELSE '' END, 0, 'answer', g %% 20 = 0,
@@ -56,14 +56,30 @@ def million(django_db_setup, django_db_blocker):
                                            backend="openai", source_kind="provider", source="gpt-x", tier="premium")
         started = time.perf_counter()
         with connection.cursor() as cursor:
+            # A bulk load is quicker with the secondary indexes built once afterwards than maintained row by row;
+            # they are rebuilt from their own definitions, so the queries below meet the real schema.
+            cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'routing_inferencerecord' "
+                           "AND indexname <> 'routing_inferencerecord_pkey'")
+            indexes = cursor.fetchall()
+            for name, _ in indexes:
+                cursor.execute(f'DROP INDEX "{name}"')
+            # The rows are right by construction: skip a foreign-key check per row and key (superusers only,
+            # as the embedded server's is; elsewhere the checks simply run).
+            replica = _try(cursor, "SET session_replication_role = replica")
             cursor.execute(INSERT, {"first": first.pk, "second": second.pk, "local": local.pk, "premium": premium.pk,
                                     "spread": SPREAD_SECONDS, "rows": ROWS})
+            loaded = time.perf_counter() - started
+            if replica:
+                cursor.execute("SET session_replication_role = origin")
+            for _, definition in indexes:
+                cursor.execute(definition)
             cursor.execute("ANALYZE routing_inferencerecord")
         inserted = time.perf_counter() - started
         started = time.perf_counter()
         rollup(today() - timedelta(days=30), today())
         rolled = time.perf_counter() - started
-        print(f"\n{ROWS:,} records inserted in {inserted:.1f} s, rolled up in {rolled:.1f} s")
+        print(f"\n{ROWS:,} records inserted in {inserted:.1f} s ({loaded:.1f} s the rows, the rest {len(indexes)} "
+              f"indexes and ANALYZE), rolled up in {rolled:.1f} s")
         try:
             yield {"first": first, "second": second}
         finally:
@@ -72,6 +88,16 @@ def million(django_db_setup, django_db_blocker):
             UsageDaily.objects.filter(tenant__in=[first, second]).delete()
             Tenant.objects.filter(pk__in=[first.pk, second.pk]).delete()
             ModelSpec.objects.filter(pk__in=[local.pk, premium.pk]).delete()
+
+
+def _try(cursor, statement: str) -> bool:
+    from django.db import DatabaseError
+
+    try:
+        cursor.execute(statement)
+    except DatabaseError:
+        return False
+    return True
 
 
 def pinned(client, url: str, limit: int, **query: object):
@@ -106,7 +132,7 @@ def test_the_hourly_dashboard_of_one_tenant_costs_a_fixed_number_of_queries(oper
 
 @pytest.mark.parametrize("query", [
     {}, {"status__exact": "error"}, {"status__exact": "escalated"}, {"model_slug": "scale-premium"},
-    {"created_at__gte": "2000-01-01T00:00:00+00:00"}, {"q": "scale-17"}, {"q": "scale-premium"},
+    {"created_at__gte": "2000-01-01T00:00:00+00:00"}, {"q": "scale-17"}, {"q": "scale-premium"}, {"_facets": "True"},
 ])
 def test_the_record_list_never_counts_the_whole_table(operator, million, query):
     response, queries = pinned(operator, RECORDS, 8, **query)

@@ -168,3 +168,10 @@ def test_a_bad_range_is_an_error_on_the_form_not_a_crash(operator, query, error)
     assert response.status_code == 200
     assert error in response.content.decode()
     assert "totals" not in response.context
+
+
+def test_without_a_query_it_shows_the_last_thirty_days_and_says_so_in_the_form(operator, db):
+    response = operator.get(DASHBOARD)
+    span = response.context["span"]
+    assert (span.start, span.end) == (today() - timedelta(days=29), today())
+    assert f'value="{today().isoformat()}"' in response.content.decode()
