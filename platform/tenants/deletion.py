@@ -27,9 +27,16 @@ def request_deletion(tenant: Tenant, *, requested_by: str = "", background: bool
     returns the deletion and whether it is new (a tenant being deleted keeps its one open deletion)."""
     with transaction.atomic():
         Tenant.objects.filter(pk=tenant.pk).update(status=Tenant.Status.SUSPENDED, updated_at=timezone.now())
+        failed = TenantDeletion.objects.filter(tenant_id=tenant.pk, status=TenantDeletion.Status.FAILED).first()
         try:
             with transaction.atomic():
-                deletion = TenantDeletion.objects.create(tenant_id=tenant.pk, slug=tenant.slug, requested_by=requested_by[:150])
+                if failed is not None:  # asked again after a failure: the same deletion goes on, counts and all
+                    TenantDeletion.objects.filter(pk=failed.pk).update(status=TenantDeletion.Status.PENDING, error="",
+                                                                       requested_by=requested_by[:150])
+                    deletion = TenantDeletion.objects.get(pk=failed.pk)
+                else:
+                    deletion = TenantDeletion.objects.create(tenant_id=tenant.pk, slug=tenant.slug,
+                                                             requested_by=requested_by[:150])
         except IntegrityError:
             return TenantDeletion.objects.get(tenant_id=tenant.pk, status__in=_OPEN), False
         if background:

@@ -130,6 +130,29 @@ def test_asking_twice_keeps_one_open_deletion(two_tenants):
     assert TenantDeletion.objects.count() == 1
 
 
+def test_a_failed_deletion_says_why_and_goes_on_when_asked_again(two_tenants, monkeypatch):
+    alpha, _, _ = two_tenants
+    job, _ = deletion.request_deletion(alpha, background=False)
+    real_filter = deletion.Tenant.objects.filter
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(deletion.Tenant.objects, "filter", broken)  # fails at the very end, after every batch
+    with pytest.raises(RuntimeError):
+        deletion.run(job.pk)
+    monkeypatch.setattr(deletion.Tenant.objects, "filter", real_filter)
+    job.refresh_from_db()
+    assert job.status == TenantDeletion.Status.FAILED and "the database went away" in job.error
+    assert job.counts["routing.InferenceRecord"] == 7  # what went before the failure is counted
+    again, created = deletion.request_deletion(alpha, background=False, requested_by="second try")
+    assert again.pk == job.pk and again.status == TenantDeletion.Status.PENDING and again.error == ""
+    assert deletion.run(again.pk) == "done" and not Tenant.objects.filter(pk=alpha.pk).exists()
+    again.refresh_from_db()
+    assert again.counts["routing.InferenceRecord"] == 7 and again.counts["tenants.Tenant"] == 1
+    assert TenantDeletion.objects.count() == 1
+
+
 def test_the_command_deletes_now_and_prints_the_counts(two_tenants):
     alpha, bravo, _ = two_tenants
     out = io.StringIO()
