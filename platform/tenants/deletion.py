@@ -21,6 +21,8 @@ from tenants.ownership import owned_models
 
 logger = logging.getLogger("modelgate.tenants")
 
+_OPEN = [TenantDeletion.Status.PENDING, TenantDeletion.Status.RUNNING]
+
 
 def request_deletion(tenant: Tenant, *, requested_by: str = "", background: bool = True) -> tuple[TenantDeletion, bool]:
     """Suspend the tenant and queue its deletion (unless the caller runs it itself: `background=False`);
@@ -43,9 +45,6 @@ def request_deletion(tenant: Tenant, *, requested_by: str = "", background: bool
             transaction.on_commit(lambda: queue(deletion))
     logger.warning("tenant deletion requested", extra={"tenant": tenant.slug, "deletion_id": deletion.pk, "by": requested_by})
     return deletion, True
-
-
-_OPEN = [TenantDeletion.Status.PENDING, TenantDeletion.Status.RUNNING]
 
 
 def queue(deletion: TenantDeletion) -> None:
