@@ -75,7 +75,11 @@ def load_starter_models(slugs: tuple[str, ...]) -> None:
     pool = Fleet(list(registry_services.get_pool().servers))  # no placement: that is read from the database
     for config in configs:
         pool.load(config)
-    import anthropic  # noqa: F401  (the provider SDKs load on a premium model's first call: seconds)
+
+
+def import_provider_sdks() -> None:
+    """The provider SDKs load on a premium model's first call: seconds of pydantic models being built."""
+    import anthropic  # noqa: F401
     import openai  # noqa: F401
 
 
@@ -104,11 +108,12 @@ def warm(model_server, tmp_path_factory) -> Iterator[dict[str, Future]]:
     """What the pages need that takes seconds — the starter models loaded in the model server (another
     process), the provider SDKs imported, the tiny chat model built — made in the background while
     Chromium starts and the first pages run, instead of one after another inside the tests."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="warm") as executor:
-        work = {"models": executor.submit(load_starter_models, WARM_MODELS),
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="warm") as executor:
+        work = {"models": executor.submit(load_starter_models, WARM_MODELS), "sdks": executor.submit(import_provider_sdks),
                 "chat": executor.submit(build_chat_model, tmp_path_factory.mktemp("chat"))}
         yield work
-        work["models"].result(timeout=300)  # a failure to load shows here, not only as slower tests
+        work["models"].result(timeout=300)  # a failure shows here, not only as slower tests
+        work["sdks"].result(timeout=300)
 
 
 @pytest.fixture(scope="module")

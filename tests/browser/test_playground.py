@@ -69,18 +69,6 @@ def test_detect_language_shows_each_language_with_model_tier_latency_cost_and_tr
     assert "language_id · ok" in box.locator('[data-role="attempts"]').inner_text()
 
 
-def test_translate_detects_the_source_and_shows_the_premium_answer(page, alice, starter, fake_providers, no_console_errors):
-    premium("gpt-translate", "translation", fake_providers)
-    fake_providers.reply('{"translation": "Bonjour, comment allez-vous ?"}')
-    open_playground(page, alice)
-    page.click('[data-tab="translate"]')
-    page.fill("#translate-text", "Hello, how are you today?")
-    box = submit(page, "translate")
-    expect(box.locator('[data-role="translation"]')).to_have_text("Bonjour, comment allez-vous ?")
-    assert "en (detected) → fr" in box.inner_text()
-    assert_answered(box, model="gpt-translate", tier="premium")
-
-
 def test_classify_with_the_users_own_labels(page, alice, starter, no_console_errors):
     open_playground(page, alice)
     page.click('[data-tab="classify"]')
@@ -130,6 +118,18 @@ def test_a_collection_is_created_filled_and_searched(page, alice, starter, no_co
 
     page.click('[data-action="list-collections"]')
     expect(created.locator('[data-role="collection"]')).to_have_text([re.compile(r"^kb: 3 documents")])
+
+
+def test_translate_detects_the_source_and_shows_the_premium_answer(page, alice, starter, fake_providers, no_console_errors):
+    premium("gpt-translate", "translation", fake_providers)
+    fake_providers.reply('{"translation": "Bonjour, comment allez-vous ?"}')
+    open_playground(page, alice)
+    page.click('[data-tab="translate"]')
+    page.fill("#translate-text", "Hello, how are you today?")
+    box = submit(page, "translate")
+    expect(box.locator('[data-role="translation"]')).to_have_text("Bonjour, comment allez-vous ?")
+    assert "en (detected) → fr" in box.inner_text()
+    assert_answered(box, model="gpt-translate", tier="premium")
 
 
 def test_chat_streams_the_local_models_answer_then_answers_without_streaming(page, alice, chat_model, no_console_errors):
@@ -232,6 +232,16 @@ def test_the_page_runs_no_inline_script_under_a_strict_policy(page, live_server)
     assert page.locator("script:not([src])").count() == 0
     assert page.locator("[onclick], [onsubmit], [onchange]").count() == 0
     expect(page.locator("body")).to_have_attribute("data-ready", "true")  # the page's own script ran under it
+
+
+def test_the_page_is_served_without_login_and_only_read(client):
+    """Served by Django alone (no browser): these run even with MODELGATE_BROWSER_TESTS=skip."""
+    response = client.get("/playground")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in response["Content-Security-Policy"] and response["Referrer-Policy"] == "no-referrer"
+    assert b'src="/static/playground/playground.js"' in response.content
+    assert client.get("/static/playground/playground.js").status_code == 200
+    assert client.post("/playground", {"key": "mg_x"}).status_code == 405
 
 
 # --- the operator's side: the admin, its dashboard and a record's trace --------------------------------
