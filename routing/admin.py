@@ -321,7 +321,18 @@ class InferenceRecordAdmin(admin.ModelAdmin):
     paginator = EstimatedCountPaginator
     change_form_template = "admin/routing/inferencerecord/change_form.html"
     change_list_template = "admin/routing/inferencerecord/change_list.html"
-    readonly_fields = [field.name for field in InferenceRecord._meta.fields]
+    readonly_fields = [*(field.name for field in InferenceRecord._meta.fields), "latency", "queue", "compute", "money",
+                       "reserved"]
+    fieldsets = [
+        (None, {"fields": ["id", "request_id", "tenant", "api_key", "task", "purpose", "status", "created_at", "completed_at"]}),
+        ("Route", {"fields": ["model", "model_slug", "tier", "policy", "floor", "threshold", "score", "confidence", "complexity",
+                              "escalation_cause", "items", "items_escalated", "escalated_from", "cached", "routing_reason",
+                              "features"]}),
+        ("Cost and time", {"fields": ["reserved", "money", "latency", "queue", "compute", "unit", "units_in", "units_out"]}),
+        ("Error", {"fields": ["error_code", "error_message"]}),
+        ("Texts", {"fields": ["input_digest", "input_preview", "input_text", "output_preview"]}),
+        ("Feedback", {"fields": ["feedback_score", "feedback_comment", "feedback_at"]}),
+    ]
     actions = ["mark_good", "mark_bad", "export_selected_csv"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -360,6 +371,18 @@ class InferenceRecordAdmin(admin.ModelAdmin):
     @admin.display(description="cost", ordering="cost")
     def money(self, record: InferenceRecord) -> str:
         return dashboard.format_money(record.cost)
+
+    @admin.display(description="reserved")
+    def reserved(self, record: InferenceRecord) -> str:
+        return dashboard.format_money(record.reserved_cost)
+
+    @admin.display(description="queue")
+    def queue(self, record: InferenceRecord) -> str:
+        return dashboard.format_ms(record.queue_ms)
+
+    @admin.display(description="compute")
+    def compute(self, record: InferenceRecord) -> str:
+        return dashboard.format_ms(record.compute_ms)
 
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], add: bool = False, change: bool = False,
                            form_url: str = "", obj: InferenceRecord | None = None) -> TemplateResponse:

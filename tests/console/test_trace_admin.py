@@ -119,3 +119,14 @@ def test_a_missing_record_is_not_found_and_a_malformed_id_too(operator, db):
     assert operator.get(f"{RECORDS}00000000-0000-0000-0000-000000000000/change/").status_code == 302  # admin: "doesn't exist"
     assert operator.get(f"{RECORDS}not-a-uuid/change/").status_code == 302
     assert InferenceRecord.objects.count() == 0
+
+
+def test_every_field_of_the_record_is_on_its_page_once(operator, escalated_request):
+    from routing.admin import InferenceRecordAdmin
+
+    shown = [name for _, options in InferenceRecordAdmin.fieldsets for name in options["fields"]]
+    raw = {"reserved_cost": "reserved", "cost": "money", "latency_ms": "latency", "queue_ms": "queue", "compute_ms": "compute"}
+    assert len(shown) == len(set(shown))
+    assert {raw.get(field.name, field.name) for field in InferenceRecord._meta.fields} == set(shown)
+    page = operator.get(f"{RECORDS}{escalated_request[0].pk}/change/").content.decode()
+    assert "Cost and time" in page and "1.20 ms" in page
