@@ -68,6 +68,11 @@ def test_detect_language_shows_each_language_with_model_tier_latency_cost_and_tr
     assert_answered(box, model="lid-176", tier="local")
     assert "language_id · ok" in box.locator('[data-role="attempts"]').inner_text()
 
+    box.locator('[data-role="feedback"] button[data-score="-1"]').click()
+    expect(box.locator('[data-role="feedback-status"]')).to_have_text("Recorded as bad.")
+    answered = InferenceRecord.objects.get(id=box.locator('[data-field="inference_id"] dd').inner_text())
+    assert answered.feedback_score == -1 and answered.tenant == alice.tenant
+
 
 def test_classify_with_the_users_own_labels(page, alice, starter, no_console_errors):
     open_playground(page, alice)

@@ -282,7 +282,29 @@
 
   async function answerWithTrace(box, meta, roundTrip, { fillMeta = false } = {}) {
     showMeta(box, { ...meta, round_trip_ms: roundTrip });
+    offerFeedback(box, meta.request_id);
     await showTrace(box, meta.inference_id, { fillMeta });
+  }
+
+  // Good or bad: POST /v1/feedback, a quality signal the routing tuner weighs (needs the inferences scope).
+  function offerFeedback(box, requestId) {
+    const feedback = $('[data-role="feedback"]', box);
+    if (!requestId) return;
+    feedback.hidden = false;
+    for (const button of $$("button[data-score]", feedback)) {
+      button.addEventListener("click", async () => {
+        const status = $('[data-role="feedback-status"]', feedback);
+        const score = Number(button.dataset.score);
+        try {
+          await api("/v1/feedback", { method: "POST", json: { request_id: requestId, score } });
+          status.textContent = `Recorded as ${score > 0 ? "good" : "bad"}.`;
+          status.className = "status ok";
+        } catch (error) {
+          status.textContent = describe(error);
+          status.className = "status bad";
+        }
+      });
+    }
   }
 
   // --- the tasks ----------------------------------------------------------------------------
