@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.dispatch import Signal
 from django.db.models import Q
 from django.utils import timezone
 
@@ -17,6 +18,11 @@ from tenants.models import Tenant
 logger = logging.getLogger("modelgate.routing")
 
 TEXT_FIELDS = ("input_preview", "input_text", "output_preview", "feedback_comment")
+
+# Sent once per tenant and run with the window that became due (tenant_id, since — None for "from the
+# start" — and cutoff): apps above routing that keep texts of the tenant's (search queries) blank theirs
+# in the same window, without this layer knowing them. Receivers return how many rows they blanked.
+texts_expired = Signal()
 _HAS_TEXT = Q(input_preview__gt="") | Q(input_text__gt="") | Q(output_preview__gt="") | Q(feedback_comment__gt="")
 
 
@@ -43,6 +49,7 @@ def prune_record_texts(*, now: datetime | None = None) -> dict[str, int]:
         if since is not None and since >= cutoff:
             continue  # the period was lengthened, or nothing new is due
         count = _blank(tenant.pk, since, cutoff)
+        count += sum(result for _, result in texts_expired.send(sender=Tenant, tenant_id=tenant.pk, since=since, cutoff=cutoff))
         Tenant.objects.filter(pk=tenant.pk).update(record_texts_pruned_until=cutoff)
         if count:
             blanked[tenant.slug] = count

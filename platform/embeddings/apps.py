@@ -14,3 +14,7 @@ class EmbeddingsConfig(AppConfig):
         post_migrate.connect(ensure_schedules, sender=self)
         post_save.connect(recent_collections.forget, sender=Collection, dispatch_uid="collection-cache-save")
         post_delete.connect(recent_collections.forget, sender=Collection, dispatch_uid="collection-cache-delete")
+        from embeddings.retention import blank_query_previews
+        from routing.retention import texts_expired
+
+        texts_expired.connect(blank_query_previews, dispatch_uid="embeddings-search-previews-expire")

@@ -100,3 +100,22 @@ def test_operators_set_a_tenants_retention_in_the_admin(client, tenant_a):
     assert Tenant.objects.get(pk=tenant_a.pk).record_retention_days == 14
     refused = client.post(url, {**form, "record_retention_days": "0"})
     assert refused.status_code == 200 and Tenant.objects.get(pk=tenant_a.pk).record_retention_days == 14
+
+
+def test_search_queries_are_pruned_with_the_records(tenant_a, tenant_b, settings):
+    from embeddings.models import SearchRecord
+
+    settings.MODELGATE_RECORD_RETENTION_DAYS = 30
+
+    def search(tenant: Tenant, days_old: float, request_id: str) -> None:
+        SearchRecord.objects.create(request_id=request_id, tenant=tenant, collection_name="docs", mode="hybrid", k=5, rows=5,
+                                    latency_ms=3.0, database_ms=1.0, query_preview="what did the contract say",
+                                    created_at=timezone.now() - timedelta(days=days_old))
+
+    search(tenant_a, 31, "search-old-1"), search(tenant_a, 2, "search-new-1"), search(tenant_b, 31, "search-old-b")
+    Tenant.objects.filter(pk=tenant_b.pk).update(record_retention_days=60)
+    assert prune_record_texts() == {"alpha": 1}
+    previews = dict(SearchRecord.objects.values_list("request_id", "query_preview"))
+    assert previews == {"search-old-1": "", "search-new-1": "what did the contract say",
+                        "search-old-b": "what did the contract say"}
+    assert SearchRecord.objects.get(request_id="search-old-1").latency_ms == 3.0
