@@ -24,6 +24,19 @@ _UNSAFE = re.compile("[\x00\ud800-\udfff]")
 _SHOWN_KEY_CHARACTERS = 64  # a path in a message names keys; a megabyte-long key is cut
 
 
+# A double holds every integer of up to 308 digits; a longer one fits no field (numbers become floats or
+# 64-bit integers), and converting it raises OverflowError wherever a float is made of it.
+MAX_INTEGER_DIGITS = 308
+
+
+def bounded_int(literal: str) -> int:
+    """json.loads's parse_int: an integer literal, refused (ValueError, so invalid JSON) past MAX_INTEGER_DIGITS."""
+    digits = len(literal) - literal.startswith("-")
+    if digits > MAX_INTEGER_DIGITS:
+        raise ValueError(f"an integer of {digits} digits; numbers have at most {MAX_INTEGER_DIGITS}")
+    return int(literal)
+
+
 class InvalidText(ApiError):
     default_code = "invalid_request"
 
@@ -113,7 +126,7 @@ class JSONParser(parsers.JSONParser):
         encoding = parsers.get_encoding(parser_context or {})
         try:
             text = codecs.getreader(encoding)(stream).read()
-            data = json.loads(text, parse_constant=json.strict_constant if self.strict else None)
+            data = json.loads(text, parse_constant=json.strict_constant if self.strict else None, parse_int=bounded_int)
         except ValueError as exc:  # invalid JSON, or text that is not in the declared encoding
             raise ParseError(f"JSON parse error - {exc}") from None
         except RecursionError:

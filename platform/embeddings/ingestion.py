@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from core.errors import ApiError
 from core.logs import current_request_id
-from core.parsers import escape_unsafe, text_problem
+from core.parsers import bounded_int, escape_unsafe, text_problem
 from embeddings.models import Collection, IngestionJob
 from embeddings.services import DocumentInput, UpsertResult, upsert_documents
 from routing.router import InputRejected
@@ -103,7 +103,7 @@ class Source:
 
 def _json_record(line: int, raw: str) -> SourceRecord:
     try:
-        fields = json.loads(raw, parse_constant=_reject_constant)
+        fields = json.loads(raw, parse_constant=_reject_constant, parse_int=bounded_int)
     except ValueError as exc:
         return SourceRecord(line, None, f"Not valid JSON: {exc}.")
     except RecursionError:
@@ -122,7 +122,7 @@ def _csv_record(line: int, row: dict[str, str]) -> SourceRecord:
         raw = row.get(name, "").strip()
         if raw:
             try:
-                value = json.loads(raw, parse_constant=_reject_constant)
+                value = json.loads(raw, parse_constant=_reject_constant, parse_int=bounded_int)
             except (ValueError, RecursionError):
                 return SourceRecord(line, None, f"The {name} cell is not valid JSON.")
             if name == "metadata":

@@ -238,6 +238,8 @@ def body_cases(row: Row, fields: Fields, objects: AlicesObjects) -> list[Case]:
             Case(f"text for {path}", as_json(row, url, put(json_base, path, "ten")), names=path),
             Case(f"10**30 for {path}", as_json(row, url, put(json_base, path, 10**30)), names=path),
             Case(f"-10**30 for {path}", as_json(row, url, put(json_base, path, -10**30)), names=path),
+            Case(f"a 308-digit integer for {path}", as_json(row, url, put(json_base, path, int("9" * 308))), names=path),
+            Case(f"a 309-digit integer for {path}", as_json(row, url, put(json_base, path, int("9" * 309))), code="invalid_json"),
             Case(f"1e400 for {path}", raw(row, url, json.dumps(put(json_base, path, 0)).replace(f'"{path}": 0', f'"{path}": 1e400')),
                  names=path),
         ]
@@ -399,3 +401,32 @@ def test_served_by_gunicorn_a_long_url_reaches_django_and_one_over_the_limit_is_
 def test_a_query_parameter_that_is_not_utf8_is_a_400_naming_it(api, alice, query, named):
     response = api.get(f"/v1/usage?{query}", **alice.auth)
     assert response.status_code == 400 and response.json()["error"]["message"].startswith(f"{named}:")
+
+
+HUGE_INTEGERS = ["9" * 308, "-" + "9" * 308, "1" + "0" * 400]
+
+
+@pytest.mark.parametrize("number", HUGE_INTEGERS, ids=lambda n: f"{len(n.lstrip('-'))} digits")
+@pytest.mark.parametrize("where, body", [
+    ("search vector", '{"vector": [%s]}'),
+    ("document vector", '{"documents": [{"id": "v", "vector": [%s]}]}'),
+    ("filter range", '{"query": "cats", "filter": {"index": {"$gte": %s, "$lt": 1}}}'),
+])
+def test_integers_too_large_for_a_float_are_a_400_where_floats_are_made_of_them(api, alice, collection, where, body, number):
+    api.raise_request_exception = False
+    path = "documents" if where == "document vector" else "search"
+    numbers = ",".join([number] * 384) if "vector" in where else number
+    before = written()
+    response = api.post(f"/v1/collections/{collection['id']}/{path}", body % numbers, content_type="application/json",
+                        **alice.auth)
+    if where == "filter range" and len(number.lstrip("-")) <= 308:
+        # A finite bound, compared exactly as jsonb numeric: index ≥ -10^308 and < 1 is index 0; ≥ 10^308 is none.
+        assert response.status_code == 200, response.content
+        indexes = {hit["metadata"]["index"] for hit in response.json()["results"]}
+        assert indexes == ({0} if number.startswith("-") else set())
+        return
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["message"].startswith("JSON parse error - an integer of")) in (
+        ("invalid_json", True), ("invalid_request", False))
+    assert written() == before

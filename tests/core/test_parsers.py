@@ -78,3 +78,11 @@ def test_invalid_utf8_and_nan_are_invalid_json():
     for body in (b'{"a": "\xed\xa0\x80"}', b'{"a": NaN}', b'{"a": 1e999999999999}x'):
         with pytest.raises(ParseError):
             JSONParser().parse(io.BytesIO(body), "application/json", {})
+
+
+def test_an_integer_a_double_cannot_hold_is_invalid_json():
+    assert parse('{"n": %s}' % ("9" * 308)) == {"n": int("9" * 308)}
+    assert parse('{"n": -%s}' % ("9" * 308)) == {"n": -int("9" * 308)}
+    for literal in ("9" * 309, "-" + "9" * 309, "1" + "0" * 5000):
+        with pytest.raises(ParseError, match="digits; numbers have at most 308"):
+            parse('{"n": [%s]}' % literal)
