@@ -15,6 +15,10 @@ class RoutingConfig(AppConfig):
         from routing.tasks import ensure_schedules
 
         post_migrate.connect(ensure_schedules, sender=self)
+        from routing.retention import forget_cached_results
+        from tenants.deletion import tenant_deleted
+
+        tenant_deleted.connect(forget_cached_results, dispatch_uid="routing-forget-cached-results")
         for model in (RoutingPolicy, ModelSpec, ProviderCredential):
             post_save.connect(configuration.forget, sender=model, dispatch_uid=f"routing-cache-save-{model.__name__}")
             post_delete.connect(configuration.forget, sender=model, dispatch_uid=f"routing-cache-delete-{model.__name__}")

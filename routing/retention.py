@@ -7,7 +7,10 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.core.cache import caches
+from django.core.cache.backends.db import DatabaseCache
+from django.core.cache.backends.redis import RedisCache
+from django.db import connection, transaction
 from django.dispatch import Signal
 from django.db.models import Q
 from django.utils import timezone
@@ -69,3 +72,21 @@ def _blank(tenant_id: int, since: datetime | None, cutoff: datetime) -> int:
             if not ids:
                 return total
             total += InferenceRecord.objects.filter(pk__in=ids).update(**{field: "" for field in TEXT_FIELDS})
+
+
+def forget_cached_results(*, tenant_id: int, **kwargs: object) -> int:
+    """Drop a deleted tenant's cached answers (routing.router caches them under `mg:result:<tenant>:`)
+    at once, rather than leaving them until their time to live ends. The database cache and Redis can
+    be searched by prefix; a process-local cache cannot, and its entries simply expire."""
+    cache = caches["default"]  # the backend itself (django.core.cache.cache is a proxy to it)
+    prefix = cache.make_key(f"mg:result:{tenant_id}:")
+    if isinstance(cache, DatabaseCache):
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(cache._table)} WHERE cache_key LIKE %s", [escaped + "%"])
+            return cursor.rowcount
+    if isinstance(cache, RedisCache):
+        client = cache._cache.get_client(write=True)
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        return sum(client.delete(key) for key in client.scan_iter(match=pattern, count=1000))
+    return 0

@@ -14,6 +14,7 @@ from collections import Counter
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from tenants.models import Tenant, TenantDeletion
@@ -22,6 +23,10 @@ from tenants.ownership import owned_models
 logger = logging.getLogger("modelgate.tenants")
 
 _OPEN = [TenantDeletion.Status.PENDING, TenantDeletion.Status.RUNNING]
+
+# Sent (tenant_id) once the tenant's rows are gone: apps above this layer drop what they keep of it
+# outside the database's foreign keys (cached answers). Receivers return how many entries they removed.
+tenant_deleted = Signal()
 
 
 def request_deletion(tenant: Tenant, *, requested_by: str = "", background: bool = True) -> tuple[TenantDeletion, bool]:
@@ -80,6 +85,8 @@ def run(deletion_id: int, *, time_limit: float | None = None) -> str:
         with transaction.atomic():
             # Whatever arrived meanwhile (a request admitted before the suspension) goes with the tenant.
             counts.update(Tenant.objects.filter(pk=deletion.tenant_id).delete()[1])
+        for receiver, removed in tenant_deleted.send(sender=Tenant, tenant_id=deletion.tenant_id):
+            counts[f"{receiver.__module__}.{receiver.__name__}"] += removed
     except Exception as exc:
         TenantDeletion.objects.filter(pk=deletion.pk).update(
             status=TenantDeletion.Status.FAILED, counts=_clean(counts), error=f"{exc.__class__.__name__}: {exc}"[:2000])

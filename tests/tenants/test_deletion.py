@@ -24,6 +24,7 @@ from routing.models import InferenceRecord, LearnedRouter, ProviderCredential, Q
 from tenants import deletion, services
 from tenants.models import ApiKey, Tenant, TenantDeletion
 from tenants.ownership import owned_models
+from tests.billing.test_redis_store import redis_url  # noqa: F401  (a real redis-server)
 
 pytestmark = pytest.mark.django_db
 
@@ -151,6 +152,47 @@ def test_a_failed_deletion_says_why_and_goes_on_when_asked_again(two_tenants, mo
     again.refresh_from_db()
     assert again.counts["routing.InferenceRecord"] == 7 and again.counts["tenants.Tenant"] == 1
     assert TenantDeletion.objects.count() == 1
+
+
+def cached_answer_keys(*tenants: Tenant) -> list[str]:
+    """Keys of cached answers as the router writes them (routing.router._cache_key)."""
+    from registry.models import ModelSpec
+    from routing.router import _cache_key
+
+    spec = ModelSpec(slug="lid-176", updated_at=timezone.now())
+    return [_cache_key(ApiKey(tenant_id=tenant.pk), "language_id", spec, [f"hello {tenant.slug}"]) for tenant in tenants]
+
+
+def test_the_deleted_tenants_cached_answers_go_too(two_tenants):
+    from django.core.cache import cache
+
+    alpha, bravo, _ = two_tenants
+    alpha_key, bravo_key = cached_answer_keys(alpha, bravo)
+    cache.set(alpha_key, {"values": ["en"]}, 3600)
+    cache.set(bravo_key, {"values": ["en"]}, 3600)
+    job, _ = deletion.request_deletion(alpha, background=False)
+    assert deletion.run(job.pk) == "done"
+    assert cache.get(alpha_key) is None and cache.get(bravo_key) == {"values": ["en"]}
+    job.refresh_from_db()
+    assert job.counts["routing.retention.forget_cached_results"] == 1
+
+
+def test_cached_answers_in_redis_go_too(two_tenants, redis_url, settings):
+    from django.core.cache import cache
+
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    assert isinstance(caches["default"], RedisCache)
+    cache.clear()
+    alpha, bravo, _ = two_tenants
+    alpha_key, bravo_key = cached_answer_keys(alpha, bravo)
+    cache.set(alpha_key, 1, 3600)
+    cache.set(bravo_key, 2, 3600)
+    job, _ = deletion.request_deletion(alpha, background=False)
+    deletion.run(job.pk)
+    assert cache.get(alpha_key) is None and cache.get(bravo_key) == 2
 
 
 def test_the_command_deletes_now_and_prints_the_counts(two_tenants):
