@@ -263,6 +263,7 @@ class EstimatedCountPaginator(Paginator):
 
 
 EXPORT_MAX_ROWS = 100_000
+REVIEW_MAX_RECORDS = 1000
 EXPORT_COLUMNS = ["created_at", "id", "request_id", "tenant", "api_key", "task", "model", "tier", "status", "purpose",
                   "items", "unit", "units_in", "units_out", "queue_ms", "compute_ms", "latency_ms", "reserved_cost", "cost",
                   "complexity", "confidence", "score", "floor", "threshold", "escalation_cause", "items_escalated",
@@ -404,6 +405,10 @@ class InferenceRecordAdmin(admin.ModelAdmin):
         return records_csv(queryset.order_by("-created_at", "-pk"), "records-selected.csv")
 
     def _review(self, request: HttpRequest, queryset: QuerySet[InferenceRecord], agreement: float) -> None:
+        # A verdict is a judgement of answers someone looked at: "select all" over millions is a mistake.
+        if queryset.select_related(None).order_by()[: REVIEW_MAX_RECORDS + 1].count() > REVIEW_MAX_RECORDS:
+            self.message_user(request, f"Mark at most {REVIEW_MAX_RECORDS:,} records at a time.", level=messages.ERROR)
+            return
         operator = request.user.get_username()
         done = 0
         for record in queryset.select_related(None).only("pk"):

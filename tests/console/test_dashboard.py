@@ -175,3 +175,14 @@ def test_without_a_query_it_shows_the_last_thirty_days_and_says_so_in_the_form(o
     span = response.context["span"]
     assert (span.start, span.end) == (today() - timedelta(days=29), today())
     assert f'value="{today().isoformat()}"' in response.content.decode()
+
+
+def test_a_model_server_that_does_not_answer_is_shown_as_such(operator, db, monkeypatch, tmp_path):
+    from registry import services
+
+    monkeypatch.setattr(services, "_pool", services.fleet([f"unix://{tmp_path / 'gone.sock'}"]))
+    response = operator.get(DASHBOARD)
+    assert response.status_code == 200
+    (state,) = response.context["pool"]["servers"].values()
+    assert state["ok"] is False
+    assert "unavailable:" in response.content.decode()

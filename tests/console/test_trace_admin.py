@@ -130,3 +130,14 @@ def test_every_field_of_the_record_is_on_its_page_once(operator, escalated_reque
     assert {raw.get(field.name, field.name) for field in InferenceRecord._meta.fields} == set(shown)
     page = operator.get(f"{RECORDS}{escalated_request[0].pk}/change/").content.decode()
     assert "Cost and time" in page and "1.20 ms" in page
+
+
+def test_marking_is_refused_beyond_a_thousand_records(operator, escalated_request, monkeypatch):
+    from routing import admin as routing_admin
+
+    monkeypatch.setattr(routing_admin, "REVIEW_MAX_RECORDS", 1)
+    first, second = escalated_request
+    response = operator.post(RECORDS, {"action": "mark_good", "_selected_action": [str(first.pk), str(second.pk)]},
+                             follow=True)
+    assert "Mark at most 1 records at a time." in response.content.decode()
+    assert not QualitySignal.objects.filter(source="operator", agreement=1.0, record=second).exists()
