@@ -527,6 +527,7 @@ class Growth:
     first: float  # mean of the first window, MB
     last: float
     slope: float  # MB/min after the warm-up
+    late_slope: float  # MB/min over the second half of that: near 0 when the growth is settling, not a leak
     fitted: float  # the slope over the time after the warm-up, MB
     allowed: float
 
@@ -542,10 +543,22 @@ def _growth(samples: list[Sample], kind: str, measure: str, *, duration: float, 
     first = [value(s) for s in samples if s.at < window] or [value(samples[0])]
     last = [value(s) for s in samples if s.at >= duration - window] or [value(samples[-1])]
     after = [s for s in samples if s.at >= window]
-    slope = statistics.linear_regression([s.at / 60 for s in after], [value(s) for s in after]).slope if len(after) >= 3 else 0.0
-    first_mean = statistics.fmean(first)
-    return Growth(first=first_mean, last=statistics.fmean(last), slope=slope, fitted=slope * (duration - window) / 60,
-                  allowed=max(GROWTH_MB, GROWTH_FRACTION * first_mean))
+    late = [s for s in after if s.at >= (window + duration) / 2]
+
+    def slope_of(chosen: list[Sample]) -> float:
+        return statistics.linear_regression([s.at / 60 for s in chosen], [value(s) for s in chosen]).slope if len(chosen) >= 3 else 0.0
+
+    slope, first_mean = slope_of(after), statistics.fmean(first)
+    return Growth(first=first_mean, last=statistics.fmean(last), slope=slope, late_slope=slope_of(late),
+                  fitted=slope * (duration - window) / 60, allowed=max(GROWTH_MB, GROWTH_FRACTION * first_mean))
+
+
+def _by_minute(samples: list[Sample], kind: str) -> list[float]:
+    measure = "uss" if kind == "postgres backends" else "rss"
+    minutes: dict[int, list[float]] = {}
+    for sample in samples:
+        minutes.setdefault(int(sample.at // 60), []).append(getattr(sample, measure)[kind])
+    return [statistics.fmean(values) for _, values in sorted(minutes.items())]
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -575,7 +588,7 @@ def _table(*, sent, load, failures, samples, duration, tenant, pending_left, dra
         memory_verdicts.append(growth.met)
         rows.append([label, len(samples), f"{growth.first:,.1f}", f"{growth.last:,.1f}",
                      f"{growth.last - growth.first:+,.1f} MB ({(growth.last - growth.first) / (growth.first or 1):+.1%}); after warm-up "
-                     f"{growth.slope:+.2f} MB/min = {growth.fitted:+.1f} MB",
+                     f"{growth.slope:+.2f} MB/min = {growth.fitted:+.1f} MB (second half {growth.late_slope:+.2f} MB/min)",
                      f"≤ {growth.allowed:,.1f} MB", "met" if growth.met else "missed"])
     backends_rss = _growth(samples, "postgres backends", "rss", duration=duration, window=window)
     restarts = {kind: len({s.pids[kind] for s in samples}) - 1 for kind in ("web workers", "model server")}
@@ -663,9 +676,14 @@ def _table(*, sent, load, failures, samples, duration, tenant, pending_left, dra
         "is fitted by least squares and the growth it implies over the rest of the run must stay within the larger of "
         f"{GROWTH_MB:g} MB and {GROWTH_FRACTION:.0%} of the first window. Why: a leak shows as a steady slope; allocator "
         "arenas (8 threads per worker), caches and the models' buffers move a process by a few MB either way, so a smaller "
-        "bound over ten minutes would judge noise. The bound for PostgreSQL backends is on USS (their private memory): "
+        "bound over ten minutes would judge noise. The slope of the second half after the warm-up is shown beside it: "
+        "growth that is settling (allocator high-water marks of new input shapes) has it near zero, a leak keeps it. "
+        "The bound for PostgreSQL backends is on USS (their private memory): "
         "their RSS also counts the shared buffers each one has touched, which rises to shared_buffers without any leak "
         f"(backends' RSS: {backends_rss.first:,.1f} MB first, {backends_rss.last:,.1f} MB last).",
+        "Memory over the run, mean of each minute (MB): " + "; ".join(
+            f"{kind} {'USS' if kind == 'postgres backends' else 'RSS'} " + ", ".join(f"{x:,.0f}" for x in _by_minute(samples, kind))
+            for kind in ("web workers", "model server", "postgres backends")) + ".",
         f"Process restarts during the run: web workers {restarts['web workers']}, model server {restarts['model server']} "
         "(pid sets seen minus one).",
         f"Latency: the client's time per request (sent to body read), answers 2xx only, by start time: the first third of "
