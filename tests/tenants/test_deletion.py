@@ -260,6 +260,7 @@ def test_export_writes_every_row_as_a_json_line_without_secrets(two_tenants, tmp
     target = tmp_path / "alpha.jsonl"
     err = io.StringIO()
     call_command("tenants", "export", "alpha", "--output", str(target), stderr=err)
+    assert target.stat().st_mode & 0o777 == 0o600  # it holds everything the tenant sent
     text = target.read_text()
     lines = [json.loads(line) for line in text.splitlines()]
     assert lines[0]["kind"] == "tenants.tenant" and lines[0]["fields"]["slug"] == "alpha"

@@ -1,8 +1,8 @@
 """`manage.py tenants create|list|suspend|activate|delete|export`."""
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -80,7 +80,10 @@ class Command(BaseCommand):
         if output is None:
             counts = write_export(tenant, self.stdout)
         else:
-            with Path(output).open("w", encoding="utf-8") as out:
+            # Readable by its owner only: it holds everything the tenant sent.
+            descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(descriptor, 0o600)  # an existing file keeps no wider mode
+            with open(descriptor, "w", encoding="utf-8") as out:
                 counts = write_export(tenant, out)
         summary = ", ".join(f"{count} {kind}" for kind, count in counts.items())
         self.stderr.write(f"Exported tenant {tenant.slug}: {summary}.")
