@@ -163,6 +163,9 @@ class ModelOperationAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # who did what to which model, and what came of it: kept
+
     @admin.display(description="model")
     def subject(self, operation: ModelOperation) -> str:
         return operation.spec.slug if operation.spec_id else operation.params.get("repo_id", "–")
