@@ -3,6 +3,7 @@ unload, health checks and benchmarks run as background jobs whose pages show the
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from typing import Any
 
 from django import forms
@@ -58,6 +59,26 @@ def benchmark_models(modeladmin: admin.ModelAdmin, request: HttpRequest, queryse
     _start(modeladmin, request, _local(queryset), ModelOperation.Kind.BENCHMARK, {"requests": 32})
 
 
+_pool_snapshot: ContextVar[dict[str, Any] | None] = ContextVar("pool_snapshot", default=None)
+
+
+def _read_pool() -> dict[str, Any]:
+    """Every model's statistics from the model servers (or this process's pool); none when they do not answer."""
+    from inference.errors import InferenceError
+
+    try:
+        return services.get_pool().stats()
+    except InferenceError:
+        return {}
+
+
+def _pool_stats(slug: str) -> dict[str, Any]:
+    snapshot = _pool_snapshot.get()
+    if snapshot is not None:
+        return snapshot.get(slug) or {"loaded": False}
+    return services.get_pool().stats(slug)
+
+
 @admin.register(ModelSpec)
 class ModelSpecAdmin(admin.ModelAdmin):
     list_display = [
@@ -90,7 +111,7 @@ class ModelSpecAdmin(admin.ModelAdmin):
     def status(self, spec: ModelSpec) -> str:
         if not spec.is_local:
             return "provider"
-        if services.get_pool().is_loaded(spec.slug):
+        if _pool_stats(spec.slug).get("loaded"):
             return "loaded"
         if spec.last_check_ok is False:
             return format_html('<span title="{}" style="color:#ba2121">error</span>', spec.last_error)
@@ -102,10 +123,21 @@ class ModelSpecAdmin(admin.ModelAdmin):
 
     @admin.display(description="p50 / p95 ms")
     def latency(self, spec: ModelSpec) -> str:
-        stats = services.get_pool().stats(spec.slug)
+        stats = _pool_stats(spec.slug)
         if stats.get("compute_ms_p50") is None:
             return f"{spec.last_check_latency_ms:.0f} (check)" if spec.last_check_latency_ms else "–"
         return f"{stats['compute_ms_p50']:.1f} / {stats['compute_ms_p95']:.1f}"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # One question to the model servers for the whole list (every model's statistics), not two per row.
+        token = _pool_snapshot.set(_read_pool())
+        try:
+            response = super().changelist_view(request, extra_context)
+            if isinstance(response, TemplateResponse):
+                response.render()  # the columns are drawn while the snapshot is set
+            return response
+        finally:
+            _pool_snapshot.reset(token)
 
     @admin.display(description="update")
     def update(self, spec: ModelSpec) -> str:

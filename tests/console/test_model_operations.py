@@ -202,3 +202,15 @@ def test_an_operation_whose_worker_died_is_closed_as_failed(starter, settings):
     operation.refresh_from_db()
     assert operation.status == "failed" and "task timeout" in operation.error
     assert ModelOperation.objects.get(pk=fresh.pk).status == "running"
+
+
+def test_the_model_list_asks_the_model_servers_once(operator, starter, jobs, monkeypatch):
+    jobs(operator.post, SPECS, {"action": "load_models", "_selected_action": [starter["lid-176"].pk]})
+    pool = services.get_pool()
+    calls: list[object] = []
+    stats, is_loaded = pool.stats, pool.is_loaded
+    monkeypatch.setattr(pool, "stats", lambda slug=None: (calls.append(("stats", slug)), stats(slug))[1])
+    monkeypatch.setattr(pool, "is_loaded", lambda slug: (calls.append(("is_loaded", slug)), is_loaded(slug))[1])
+    page = operator.get(SPECS).content.decode()
+    assert calls == [("stats", None)]
+    assert ">loaded<" in page and "not loaded" in page
