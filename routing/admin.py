@@ -200,6 +200,27 @@ class LearnedRouterAdmin(admin.ModelAdmin):
         return False
 
 
+class EstimatedCountPaginator(Paginator):
+    """Counts exactly up to COUNT_CAP rows (COUNT over a LIMITed subquery: an index range, never the whole
+    table) and beyond that takes PostgreSQL's planner estimate: `COUNT(*)` of millions of records is the slow
+    part of a changelist, and nobody pages to the ten-thousandth row (they filter)."""
+
+    COUNT_CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        rows = self.object_list.select_related(None).order_by()
+        exact = rows[: self.COUNT_CAP + 1].count()
+        if exact <= self.COUNT_CAP:
+            return exact
+        try:
+            plan = json.loads(rows.explain(format="json"))
+            estimate = int(plan[0]["Plan"]["Plan Rows"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            estimate = 0
+        return max(exact, estimate)
+
+
 @admin.register(QualitySignal)
 class QualitySignalAdmin(admin.ModelAdmin):
     list_display = ["created_at", "record", "source", "agreement", "teacher", "created_by"]
@@ -207,6 +228,8 @@ class QualitySignalAdmin(admin.ModelAdmin):
     list_select_related = ["record", "teacher"]
     raw_id_fields = ["record", "teacher"]
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = EstimatedCountPaginator  # as many as the records they judge
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -239,27 +262,6 @@ class TierFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[InferenceRecord]) -> QuerySet[InferenceRecord]:
         return queryset.filter(tier=self.value()) if self.value() else queryset
-
-
-class EstimatedCountPaginator(Paginator):
-    """Counts exactly up to COUNT_CAP rows (COUNT over a LIMITed subquery: an index range, never the whole
-    table) and beyond that takes PostgreSQL's planner estimate: `COUNT(*)` of millions of records is the slow
-    part of a changelist, and nobody pages to the ten-thousandth row (they filter)."""
-
-    COUNT_CAP = 10_000
-
-    @cached_property
-    def count(self) -> int:
-        rows = self.object_list.select_related(None).order_by()
-        exact = rows[: self.COUNT_CAP + 1].count()
-        if exact <= self.COUNT_CAP:
-            return exact
-        try:
-            plan = json.loads(rows.explain(format="json"))
-            estimate = int(plan[0]["Plan"]["Plan Rows"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            estimate = 0
-        return max(exact, estimate)
 
 
 EXPORT_MAX_ROWS = 100_000

@@ -141,3 +141,14 @@ def test_marking_is_refused_beyond_a_thousand_records(operator, escalated_reques
                              follow=True)
     assert "Mark at most 1 records at a time." in response.content.decode()
     assert not QualitySignal.objects.filter(source="operator", agreement=1.0, record=second).exists()
+
+
+def test_the_quality_signal_list_counts_no_more_than_it_shows(operator, escalated_request):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        page = operator.get("/admin/routing/qualitysignal/").content.decode()
+    assert "Escalation pair" in page or "escalation" in page
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts and all("LIMIT 10001" in sql for sql in counts)
