@@ -124,7 +124,9 @@ def chat_dir(warm: dict[str, Future]) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(chromium: str, microphone_clip: Path, warm: dict[str, Future]) -> Iterator:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=30_000)  # a shared CI machine may be slow; a wrong page still fails on its text
 
     # Playwright's sync API keeps an asyncio loop on this thread; Django would take the ORM calls of the
     # fixtures around these tests (and pytest-django's flush) for calls from async code and refuse them.
