@@ -244,13 +244,23 @@ def release(hold: Hold, *, record_id: object = None, update: tuple[QuerySet, dic
 def release_reserved(budget: Budget, amount: Decimal, *, key_id: int | None, model_slug: str) -> None:
     """Free a hold whose request is gone (the reaper): its sub-limits are found again from the
     key and model it was taken for."""
+    release(_found_hold(budget, amount, key_id=key_id, model_slug=model_slug))
+
+
+def settle_reserved(budget: Budget, amount: Decimal, actual: Decimal, *, key_id: int | None, model_slug: str) -> Decimal:
+    """Settle a hold whose request is gone at what it is known to have used (the reaper, for a stream
+    whose worker died); returns what was charged (never more than the hold)."""
+    return settle(_found_hold(budget, amount, key_id=key_id, model_slug=model_slug), actual)
+
+
+def _found_hold(budget: Budget, amount: Decimal, *, key_id: int | None, model_slug: str) -> Hold:
     covers = Q(pk__in=[])
     if key_id is not None:
         covers |= Q(api_key_id=key_id)
     if model_slug:
         covers |= Q(model_slug=model_slug)
     subs = tuple(SpendLimit.objects.filter(budget_id=budget.pk).filter(covers).values_list("pk", flat=True))
-    release(Hold(budget=budget, amount=amount, sub_limits=subs))
+    return Hold(budget=budget, amount=amount, sub_limits=subs)
 
 
 def crossed_thresholds(thresholds: list[int], *, before: Decimal, after: Decimal, limit: Decimal) -> list[int]:

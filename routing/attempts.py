@@ -195,15 +195,21 @@ def refuse(refusal: Refusal, record: InferenceRecord, *, budget: Budget, spec: M
 def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **fields: Any) -> None:
     """Charge the actual cost and complete the record, together."""
     billing.settle(held, cost, record_id=record.pk,
-                   update=(InferenceRecord.objects.filter(pk=record.pk), completion(record, cost=cost, **fields)))
+                   update=(_still_pending(record), completion(record, cost=cost, **fields)))
     observe_attempt(record)
 
 
 def release(held: Hold, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
     """Free the hold and close the record, together."""
-    billing.release(held, record_id=record.pk, update=(InferenceRecord.objects.filter(pk=record.pk),
+    billing.release(held, record_id=record.pk, update=(_still_pending(record),
                                                        failure(record, status=status, code=code, message=message)))
     observe_attempt(record)
+
+
+def _still_pending(record: InferenceRecord) -> Any:
+    # A record the reaper closed meanwhile (abandoned, and charged what it had streamed) stays as it
+    # closed it: the money statement moves nothing for it either.
+    return InferenceRecord.objects.filter(pk=record.pk, status=InferenceRecord.Status.PENDING)
 
 
 def tokens_used(record: InferenceRecord) -> float:

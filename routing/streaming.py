@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
+from django.db import DatabaseError
 
+from core.db import update_rows
 from inference.errors import InferenceError
 from inference.payloads import Generation, GenerationInput
 from registry.services import ensure_prepared, get_pool
@@ -20,6 +24,10 @@ from routing.router import Walk, plan
 from tenants.models import ApiKey
 
 logger = logging.getLogger("modelgate.routing")
+
+# How often a stream writes how far it got onto its pending record: what the reaper charges when the
+# worker dies mid-stream (the provider's tokens were spent all the same).
+PROGRESS_SECONDS = 5.0
 
 
 def _open(spec: Any, item: GenerationInput, tenant: Any) -> Any:
@@ -71,19 +79,41 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
         return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
 
     started = time.perf_counter()
+    deadline = started + settings.MODELGATE_STREAM_TIMEOUT
+    saved_at = started
+    streamed: list[str] = []
     finished = False
     try:
         yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        result: Generation | None = None
         for piece in stream:
             if piece:
+                streamed.append(piece)
                 yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-        result: Generation = stream.result
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            if now - saved_at >= PROGRESS_SECONDS:
+                _save_progress(record, spec=spec, summary=summary, text="".join(streamed),
+                               compute_ms=(now - started) * 1000)
+                saved_at = now
+        else:
+            result = stream.result
+        reason_suffix = ""
+        if result is None:
+            # The deadline: stop the upstream and charge what was streamed. A provider reports usage only
+            # at the end of a stream, so it is estimated from the text, as for a server that reports none.
+            stream.close()
+            result = _cut_short(summary, "".join(streamed))
+            reason_suffix = (f"; stopped at the stream deadline ({settings.MODELGATE_STREAM_TIMEOUT} s), "
+                             "usage estimated from the streamed text")
         outcome = Outcome(values=[result], queue_ms=None, compute_ms=(time.perf_counter() - started) * 1000,
                           units_out=float(result.tokens_out), tokens_in=None if spec.is_local else float(result.tokens_in),
                           tokens_out=None if spec.is_local else float(result.tokens_out))
         cost = actual_cost(spec, summary, compute_ms=outcome.compute_ms, tokens_in=outcome.tokens_in,
                            tokens_out=outcome.tokens_out)
-        settle(held, record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost)
+        settle(held, record, status=InferenceRecord.Status.OK, values=[result], outcome=outcome, cost=cost,
+               reason_suffix=reason_suffix)
         finished = True
         yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason}])
         if include_usage:
@@ -109,3 +139,27 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
     finally:
         if charge is not None:
             charge.true_up(tokens_used(record))
+
+
+def _estimated_tokens(text: str) -> int:
+    # The providers' own estimate when a server reports no usage (routing.providers): 4 characters a token.
+    return math.ceil(len(text) / 4)
+
+
+def _cut_short(summary: Summary, text: str) -> Generation:
+    """The answer of a stream stopped at its deadline: what was streamed, with estimated usage."""
+    return Generation(text=text, tokens_in=_estimated_tokens(summary.text), tokens_out=_estimated_tokens(text),
+                      finish_reason="length")
+
+
+def _save_progress(record: InferenceRecord, *, spec: Any, summary: Summary, text: str, compute_ms: float) -> None:
+    """Write how far the stream got on its pending record (a record completed meanwhile is left alone).
+    A pending record with compute_ms set is a stream under way: the reaper waits for the stream deadline
+    before closing it, and then charges these tokens. A failed write only loses that, never the stream."""
+    values: dict[str, object] = {"units_out": float(_estimated_tokens(text)), "compute_ms": compute_ms}
+    if not spec.is_local:  # a local model is charged its compute time; its record keeps the request's count
+        values |= {"unit": "tokens", "units_in": float(_estimated_tokens(summary.text))}
+    try:
+        update_rows(InferenceRecord.objects.filter(pk=record.pk, status=InferenceRecord.Status.PENDING), values)
+    except DatabaseError as exc:
+        logger.warning("stream progress not saved", extra={"record": str(record.id), "error": str(exc)})

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -45,6 +47,20 @@ class NotFound(ApiError):
 class PayloadTooLarge(ApiError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "request_too_large"
+
+
+# A database that cannot be reached (stopped, restarting, failing over) is a 503 to retry, not a bug.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+class DatabaseUnavailable(ApiError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "database_unavailable"
+    default_detail = "The database cannot be reached right now; retry shortly."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
 
 
 # Codes for DRF's own exceptions, so that clients see one vocabulary.
@@ -99,6 +115,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge("The request body is larger than the configured limit.")
+    elif isinstance(exc, DATABASE_DOWN):
+        logger.warning("database unavailable", extra={"error": str(exc)[:300]})
+        exc = DatabaseUnavailable()
 
     if not isinstance(exc, exceptions.APIException):
         return None  # a real bug: let Django log it and answer 500 through handler500
@@ -133,6 +152,12 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Json
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
+    # Also reached for errors below DRF (middleware: rate limits and the database cache): a database
+    # that is down is still a 503 to retry there.
+    if isinstance(sys.exc_info()[1], DATABASE_DOWN):
+        response = error_response(503, DatabaseUnavailable.default_code, DatabaseUnavailable.default_detail)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response
     return error_response(500, "internal_error", "Something went wrong on our side; the request id identifies it in our logs.")
 
 
