@@ -243,7 +243,7 @@
       `${record.task} · ${record.status}`,
       record.confidence === null ? null : `confidence ${Number(record.confidence).toFixed(3)}`,
       record.complexity === null ? null : `complexity ${Number(record.complexity).toFixed(2)}`,
-      `${formatNumber(record.units_in)} → ${formatNumber(record.units_out)} ${record.unit}`,
+      `${formatNumber(record.units_in)} ${record.unit} in, ${formatNumber(record.units_out)} out`,
       record.queue_ms === null ? null : `queue ${Number(record.queue_ms).toFixed(1)} ms`,
       record.compute_ms === null ? null : `compute ${Number(record.compute_ms).toFixed(1)} ms`,
       `cost ${formatCost(record.cost)}`,
