@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, router, transaction
+from django.db.models import signals
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -80,7 +82,7 @@ def run(deletion_id: int, *, time_limit: float | None = None) -> str:
                     ids = list(rows.values_list("pk", flat=True)[: settings.MODELGATE_DELETION_BATCH])
                     if not ids:
                         break
-                    counts.update(owned.model._base_manager.filter(pk__in=ids).delete()[1])
+                    counts.update(delete_rows(owned.model, ids))
                 _save(deletion, counts)
         with transaction.atomic():
             # Whatever arrived meanwhile (a request admitted before the suspension) goes with the tenant.
@@ -96,6 +98,42 @@ def run(deletion_id: int, *, time_limit: float | None = None) -> str:
         status=TenantDeletion.Status.DONE, counts=_clean(counts), finished_at=timezone.now())
     logger.warning("tenant deleted", extra={"tenant": deletion.slug, "deletion_id": deletion.pk, "rows": sum(counts.values())})
     return "done"
+
+
+def delete_rows(model: type[models.Model], ids: list[Any]) -> Counter[str]:
+    """Delete these rows of `model` as Django's delete would, returning the rows removed by kind.
+
+    Django's collector loads every row as a model instance and clears each SET_NULL reference in
+    chunks of 100: for a big table of plain rows that is most of the time spent. When no signal
+    listens and every reference to the model cascades or is cleared, the same work is three or four
+    statements over the batch: clear the references, delete the referencing rows (children first, so
+    normally none are left), delete the rows. Anything else goes through the collector."""
+    if not _plain(model):
+        return Counter(model._base_manager.filter(pk__in=ids).delete()[1])
+    counts: Counter[str] = Counter()
+    for relation in model._meta.related_objects:
+        field = relation.field
+        referencing = relation.related_model._base_manager.filter(**{f"{field.name}__in": ids})
+        if field.remote_field.on_delete is models.SET_NULL:
+            referencing.update(**{field.name: None})
+        elif field.remote_field.on_delete is models.CASCADE:
+            children = list(referencing.values_list("pk", flat=True))
+            if children:
+                counts.update(delete_rows(relation.related_model, children))
+    # The collector's own last step (QuerySet._raw_delete): one DELETE, no rows loaded.
+    counts[model._meta.label] += model._base_manager.filter(pk__in=ids)._raw_delete(router.db_for_write(model))
+    return counts
+
+
+def _plain(model: type[models.Model]) -> bool:
+    """No delete signal listens for it, it has no many-to-many rows, and every reference to it either
+    cascades or is cleared: deleting it needs no model instances."""
+    if any(signal.has_listeners(model) for signal in (signals.pre_delete, signals.post_delete)):
+        return False
+    if model._meta.many_to_many or any(r.many_to_many for r in model._meta.related_objects):
+        return False
+    return all(r.field.remote_field.on_delete in (models.CASCADE, models.SET_NULL) and not r.one_to_one
+               for r in model._meta.related_objects)
 
 
 def _clean(counts: Counter[str]) -> dict[str, int]:

@@ -304,3 +304,16 @@ def test_keys_stop_working_once_deletion_is_asked(two_tenants, api):
     deletion.request_deletion(alpha, background=False)
     assert api.get("/v1/me", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code in (401, 403)
     assert ApiKey.objects.filter(pk=key.pk).exists()
+
+
+def test_references_from_outside_the_tenant_are_cleared_as_django_would(two_tenants):
+    """The fast path (tenants.deletion.delete_rows) keeps Django's on_delete rules: a SET_NULL reference
+    from a row that stays is cleared, and the row stays."""
+    alpha, bravo, _ = two_tenants
+    alpha_record = InferenceRecord.objects.filter(tenant=alpha).first()
+    bravo_signal = QualitySignal.objects.filter(record__tenant=bravo).first()
+    QualitySignal.objects.filter(pk=bravo_signal.pk).update(teacher=alpha_record)
+    job, _ = deletion.request_deletion(alpha, background=False)
+    deletion.run(job.pk)
+    bravo_signal.refresh_from_db()
+    assert bravo_signal.teacher_id is None and bravo_signal.record.tenant_id == bravo.pk
