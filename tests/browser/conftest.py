@@ -42,6 +42,11 @@ def chromium_executable() -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
+    return required_chromium()
+
+
+def required_chromium() -> str:
+    """The Chromium to drive; fails (never skips) without one, unless MODELGATE_BROWSER_TESTS=skip."""
     choice = os.environ.get("MODELGATE_BROWSER_TESTS", "run").strip().lower()
     if choice == "skip":
         pytest.skip("MODELGATE_BROWSER_TESTS=skip: browser tests skipped on request.")
