@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, models, router, transaction
 from django.db.models import signals
+from django.db.models.deletion import get_candidate_relations_to_delete
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -111,7 +112,7 @@ def delete_rows(model: type[models.Model], ids: list[Any]) -> Counter[str]:
     if not _plain(model):
         return Counter(model._base_manager.filter(pk__in=ids).delete()[1])
     counts: Counter[str] = Counter()
-    for relation in model._meta.related_objects:
+    for relation in get_candidate_relations_to_delete(model._meta):  # hidden ones too (related_name="+")
         field = relation.field
         referencing = relation.related_model._base_manager.filter(**{f"{field.name}__in": ids})
         if field.remote_field.on_delete is models.SET_NULL:
@@ -130,10 +131,10 @@ def _plain(model: type[models.Model]) -> bool:
     cascades or is cleared: deleting it needs no model instances."""
     if any(signal.has_listeners(model) for signal in (signals.pre_delete, signals.post_delete)):
         return False
-    if model._meta.many_to_many or any(r.many_to_many for r in model._meta.related_objects):
+    if model._meta.many_to_many or any(r.many_to_many for r in model._meta.get_fields(include_hidden=True)):
         return False
-    return all(r.field.remote_field.on_delete in (models.CASCADE, models.SET_NULL) and not r.one_to_one
-               for r in model._meta.related_objects)
+    return all(r.field.remote_field.on_delete in (models.CASCADE, models.SET_NULL)
+               for r in get_candidate_relations_to_delete(model._meta))
 
 
 def _clean(counts: Counter[str]) -> dict[str, int]:
