@@ -117,8 +117,27 @@ def raise_drift(*, tenant_id: int, subject: str, message: str, day: datetime) ->
     return alert.pk
 
 
+def raise_model_unhealthy(*, tenant_id: int, slug: str, message: str, day: datetime) -> int | None:
+    """A model the tenant's requests are routed to cannot serve (its weights do not load): one alert per
+    model and day, delivered like a budget's, so that someone replaces the weights."""
+    budget_id = Budget.objects.filter(tenant_id=tenant_id).values_list("pk", flat=True).first()
+    alert, created = Alert.objects.get_or_create(
+        kind=Alert.Kind.MODEL, tenant_id=tenant_id, subject=slug[:200], period_start=day,
+        defaults={"budget_id": budget_id, "message": message[:5000]},
+    )
+    if not created:
+        return None
+    logger.warning("model unhealthy", extra={"tenant_id": tenant_id, "model": slug, "detail": message[:300]})
+    _queue(alert.pk)
+    return alert.pk
+
+
 def payload(alert: Alert) -> dict[str, object]:
     budget = alert.budget
+    if alert.kind == Alert.Kind.MODEL:
+        return {"type": "model.unhealthy", "alert_id": alert.pk, "tenant": alert.tenant.slug, "model": alert.subject,
+                "message": alert.message, "day": alert.period_start.date().isoformat(),
+                "created_at": alert.created_at.isoformat()}
     if alert.kind == Alert.Kind.DRIFT:
         return {"type": "routing.drift", "alert_id": alert.pk, "tenant": alert.tenant.slug, "policy": alert.subject,
                 "message": alert.message, "day": alert.period_start.date().isoformat(),
@@ -161,6 +180,8 @@ def _email(alert: Alert, body: dict[str, object]) -> str:
         return Alert.Delivery.SKIPPED
     if alert.kind == Alert.Kind.DRIFT:
         subject, text = f"Modelgate: routing of {alert.subject} drifted", alert.message
+    elif alert.kind == Alert.Kind.MODEL:
+        subject, text = f"Modelgate: model {alert.subject} cannot serve", alert.message
     else:
         subject, text = _budget_email(alert, body)
     try:

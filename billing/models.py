@@ -158,6 +158,7 @@ class Alert(models.Model):
     class Kind(models.TextChoices):
         BUDGET = "budget", "Budget threshold"
         DRIFT = "drift", "Routing drift"
+        MODEL = "model", "Model unhealthy"
 
     class Delivery(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -188,11 +189,15 @@ class Alert(models.Model):
                                     name="one_alert_per_threshold"),
             models.UniqueConstraint(fields=["tenant", "subject", "period_start"], condition=models.Q(kind="drift"),
                                     name="one_drift_alert_per_policy_and_day"),
+            models.UniqueConstraint(fields=["tenant", "subject", "period_start"], condition=models.Q(kind="model"),
+                                    name="one_model_alert_per_model_and_day"),
         ]
 
     def __str__(self) -> str:
         if self.kind == self.Kind.DRIFT:
             return f"{self.tenant.slug}: drift in {self.subject}"
+        if self.kind == self.Kind.MODEL:
+            return f"{self.tenant.slug}: {self.subject} unhealthy"
         return f"{self.tenant.slug}: {self.threshold}% of {self.limit:.4f}"
 
 

@@ -17,7 +17,7 @@ from django.db.models import Q
 from rest_framework import status
 
 from core.errors import ApiError
-from inference.errors import InferenceError, InvalidInput
+from inference.errors import InferenceError, InvalidInput, ModelLoadError
 from inference.payloads import GenerationInput, LanguageIdInput
 from billing.prices import Summary, actual_cost, token_estimate
 from billing.ratelimits import take_tokens
@@ -177,6 +177,8 @@ class Walk:
         if isinstance(exc, (InferenceError, ValidationError, OSError)):
             message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             code = getattr(exc, "code", "error") if isinstance(exc, InferenceError) else "model_unavailable"
+            if isinstance(exc, ModelLoadError) and spec.is_local:
+                _unhealthy(spec, tenant_id=self.key.tenant_id, message=message)
             release(held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
             self.last_error, self.last_code = f"{spec.slug}: {message}", code
             self.last_retry_after = getattr(exc, "retry_after", None)
@@ -467,7 +469,27 @@ def _candidates(
     ]
     if not allowed:
         raise NoModelAvailable(f"No {task} model is available to this key.")
-    return allowed, f"{origin}: {' → '.join(s.slug for s in allowed)}"
+    # A local model whose weights failed to load is skipped while another can answer (until a health
+    # check passes); when none can, it is tried all the same rather than refusing outright.
+    healthy = [spec for spec in allowed if not (spec.is_local and spec.last_check_ok is False)]
+    skipped = [spec.slug for spec in allowed if spec not in healthy]
+    reason = f"{origin}: {' → '.join(s.slug for s in (healthy or allowed))}"
+    if skipped and healthy:
+        return healthy, f"{reason} ({', '.join(skipped)} skipped: unhealthy)"
+    return allowed, reason
+
+
+def _unhealthy(spec: ModelSpec, *, tenant_id: int, message: str) -> None:
+    """Weights that do not load (corrupt, missing, incompatible): the model is marked unhealthy, so the
+    router skips it, and the tenant whose request found it is alerted (once a day per model)."""
+    from django.utils import timezone
+
+    from billing.alerts import raise_model_unhealthy
+    from registry.services import mark_unhealthy
+
+    mark_unhealthy(spec, message)
+    day = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    raise_model_unhealthy(tenant_id=tenant_id, slug=spec.slug, message=message, day=day)
 
 
 # --- execution ----------------------------------------------------------------------------------

@@ -169,6 +169,15 @@ def bench_model(*, spec: ModelSpec, requests: int = 32) -> dict[str, Any]:
     }
 
 
+def mark_unhealthy(spec: ModelSpec, error: str) -> bool:
+    """A request found the model unable to load: record it as a failed check, which the router reads to
+    skip the model until a health check (the admin's) passes again. True when it was not marked yet."""
+    was_healthy = spec.last_check_ok is not False
+    _record(spec, ok=False, error=error)
+    spec.last_check_ok, spec.last_error = False, error[:5000]
+    return was_healthy
+
+
 def _record(spec: ModelSpec, *, ok: bool, latency_ms: float | None = None, error: str = "") -> None:
     ModelSpec.objects.filter(pk=spec.pk).update(
         last_check_at=timezone.now(), last_check_ok=ok, last_check_latency_ms=latency_ms, last_error=error[:5000]
