@@ -1,6 +1,7 @@
 """Hugging Face Hub access for the registry: pinned, resumable pulls of safe weight formats, update checks, search."""
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import posixpath
@@ -54,6 +55,9 @@ UNSAFE_PATTERNS: tuple[str, ...] = (
 # Tokenizers, configs, label maps, SentencePiece models, the model card: small and needed to load.
 SUPPORT_PATTERNS: tuple[str, ...] = ("*.json", "*.txt", "*.model", "*.spm", "*.tiktoken", "README.md")
 
+# Writes refused for lack of room: the disk is full, a quota is used up, or a file size limit is reached.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
 # What the client raises when talking to the hub goes wrong (its HTTP and cache errors are OSErrors).
 HUB_FAILURES: tuple[type[Exception], ...] = (OSError, httpx2.HTTPError, HFValidationError)
 
@@ -64,6 +68,10 @@ CT2_VOCABULARY_PATTERNS: tuple[str, ...] = (
 
 class HubError(Exception):
     """Something went wrong talking to the Hugging Face Hub."""
+
+
+class CacheFull(HubError):
+    """The model cache's disk (or the process's file size limit) refused the bytes."""
 
 
 class HubUnavailable(HubError):
@@ -244,6 +252,12 @@ def pull(
             tqdm_class=_files_progress(on_files) if on_files else (None if progress else _SilentProgress),
         )
     except HUB_FAILURES as error:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise CacheFull(
+                f"The model cache at {cache_dir} has no room for {repo_id}@{info.sha} ({error.strerror}). Free space "
+                "there or point MODELGATE_MODEL_CACHE at a larger disk, then pull again: the files already fetched "
+                "are kept, and the model is not registered until every file is there."
+            ) from None
         raise _translate(error, repo_id=repo_id, revision=wanted, endpoint=endpoint) from error
 
     if wanted != info.sha:
