@@ -155,6 +155,26 @@ def test_chat_streams_the_local_models_answer_then_answers_without_streaming(pag
     assert_answered(box, model="tiny-chat", tier="local")
 
 
+def test_a_stream_is_stopped_and_keeps_what_came(page, alice, starter, fake_providers, no_console_errors):
+    premium("gpt-chat", "generation", fake_providers, options={"timeout": 60})
+    fake_providers.reply("The first half arrives and then the provider goes silent for a long while")
+    fake_providers.stall()  # half the events, then nothing
+    open_playground(page, alice)
+    page.click('[data-tab="chat"]')
+    page.select_option('form[data-task="chat"] select[name="model"]', "gpt-chat")
+    page.click('form[data-task="chat"] button[type=submit]')
+    reply = page.locator('[data-role="assistant"]')
+    expect(reply.locator(".says")).to_contain_text("The first half")
+    page.click('[data-action="stop-chat"]')
+    expect(reply).to_have_attribute("data-state", "stopped")
+    box = page.locator('[data-result="chat"]')
+    expect(box.locator('[data-role="how"]')).to_contain_text("Stopped")
+    assert "provider goes silent" not in reply.inner_text()
+    expect(page.locator('[data-action="stop-chat"]')).to_be_hidden()
+    expect(page.locator('form[data-task="chat"] button[type=submit]')).to_be_enabled()
+    assert meta(box, "model") == "gpt-chat" and meta(box, "tier") == "premium"
+
+
 def test_an_uploaded_clip_is_transcribed(page, alice, starter, no_console_errors):
     open_playground(page, alice)
     page.click('[data-tab="audio"]')

@@ -107,7 +107,7 @@
     }
   }
 
-  async function send(path, { method = "GET", json, form } = {}) {
+  async function send(path, { method = "GET", json, form, signal } = {}) {
     const headers = { Authorization: `Bearer ${currentKey()}`, Accept: "application/json" };
     let body;
     if (json !== undefined) {
@@ -117,7 +117,7 @@
       body = form;
     }
     // No cookies: an operator's admin session in the same browser must not ride along.
-    return fetch(path, { method, headers, body, credentials: "omit", cache: "no-store", referrerPolicy: "no-referrer" });
+    return fetch(path, { method, headers, body, signal, credentials: "omit", cache: "no-store", referrerPolicy: "no-referrer" });
   }
 
   async function api(path, options = {}) {
@@ -456,20 +456,29 @@
     transcriptLine("user", message);
     const reply = transcriptLine("assistant", "");
     reply.parentElement.dataset.state = "streaming";
-    let text;
-    let meta;
-    let roundTrip;
+    const stop = $('[data-action="stop-chat"]');
+    const stopping = new AbortController();
+    const onStop = () => stopping.abort();
+    stop.addEventListener("click", onStop);
+    stop.hidden = !body.stream;
+    let answer;
     try {
-      ({ text, meta, roundTrip } = body.stream ? await streamChat(body, reply) : await completeChat(body, reply));
+      answer = body.stream ? await streamChat(body, reply, stopping.signal) : await completeChat(body, reply);
     } catch (error) {
       reply.parentElement.dataset.state = "error";
-      reply.textContent = "(no answer)";
+      if (!reply.textContent) reply.textContent = "(no answer)";
       throw error;
+    } finally {
+      stop.hidden = true;
+      stop.removeEventListener("click", onStop);
     }
-    reply.parentElement.dataset.state = "done";
+    const { text, meta, roundTrip, stopped } = answer;
+    reply.parentElement.dataset.state = stopped ? "stopped" : "done";
     conversation.push({ role: "user", content: message }, { role: "assistant", content: text });
     form.message.value = "";
-    showAnswer(box, el("p", { class: "aside", text: body.stream ? "Streamed with server-sent events." : "One JSON answer." }));
+    showAnswer(box, el("p", { class: "aside", "data-role": "how",
+      text: stopped ? "Stopped: the connection was closed, which tells the server to stop generating."
+        : body.stream ? "Streamed with server-sent events." : "One JSON answer." }));
     // A stream's headers leave before its cost is known: latency and cost come from the finished record.
     await answerWithTrace(box, meta, roundTrip, { fillMeta: body.stream });
   });
@@ -481,9 +490,15 @@
     return { text, meta: metaFromHeaders(headers), roundTrip };
   }
 
-  async function streamChat(body, reply) {
+  async function streamChat(body, reply, signal) {
     const started = performance.now();
-    const response = await send("/v1/chat/completions", { method: "POST", json: body });
+    let response;
+    try {
+      response = await send("/v1/chat/completions", { method: "POST", json: body, signal });
+    } catch (error) {
+      if (signal.aborted) throw new PlaygroundError("Stopped before the answer began.");
+      throw error;
+    }
     if (!response.ok) {
       const raw = await response.text();
       let parsed = null;
@@ -499,7 +514,14 @@
     let buffer = "";
     let text = "";
     for (;;) {
-      const { value, done } = await reader.read();
+      let value;
+      let done;
+      try {
+        ({ value, done } = await reader.read());
+      } catch (error) {
+        if (signal.aborted) return { text, meta, roundTrip: performance.now() - started, stopped: true };
+        throw error;
+      }
       if (done) break;
       buffer += value.replaceAll("\r\n", "\n");
       let end;
@@ -516,7 +538,7 @@
         }
       }
     }
-    return { text, meta, roundTrip: performance.now() - started };
+    return { text, meta, roundTrip: performance.now() - started, stopped: false };
   }
 
   // --- audio --------------------------------------------------------------------------------
