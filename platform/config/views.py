@@ -1,4 +1,5 @@
-"""Unauthenticated probes: /health says the process is alive, /ready that it can serve."""
+"""Pages that need no key: /health says the process is alive, /ready that it can serve, / points at the rest,
+and /playground is where a tenant tries the API with their own key (held by the browser, never here)."""
 from __future__ import annotations
 
 from django.conf import settings
