@@ -308,6 +308,7 @@ def run() -> Table:
     database = connection.settings_dict["NAME"]
     database_url = f"postgresql://{db['USER']}@{db['HOST'].replace('/', '%2F')}:{db['PORT']}/{database}"
     children, serve, callers = [], None, []
+    roots = os.environ.get("MODELGATE_MODEL_ROOTS"), settings.MODELGATE_MODEL_ROOTS
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         workdir = Path(tmp)
         try:
@@ -369,6 +370,14 @@ def run() -> Table:
                 _stop_serve(serve)
             for child in reversed(children):
                 _stop(child)
+            # Benchmarks after this one (on the same database, in the same process) see none of it: its
+            # models answer from processes and a directory that are gone.
+            ModelSpec.objects.filter(slug__in=[CHAT_SLUG, TOPICS_SLUG, RERANK_SLUG]).update(enabled=False)
+            settings.MODELGATE_MODEL_ROOTS = roots[1]
+            if roots[0] is None:
+                os.environ.pop("MODELGATE_MODEL_ROOTS", None)
+            else:
+                os.environ["MODELGATE_MODEL_ROOTS"] = roots[0]
     if hung:
         raise RuntimeError(f"Client threads still running after the run: {hung}")
 
@@ -406,8 +415,8 @@ def _register_models(workdir: Path) -> None:
     minilm = ModelSpec.objects.get(slug=EMBEDDING_SLUG)
     path = workdir / "models" / "rerank"
     CrossEncoder(str(minilm.weights_path()), num_labels=1).save_pretrained(str(path))
-    roots = [str(workdir / "models")]
-    os.environ["MODELGATE_MODEL_ROOTS"] = os.pathsep.join(roots)  # the serve below reads it from its environment
+    roots = [*settings.MODELGATE_MODEL_ROOTS, str(workdir / "models")]
+    os.environ["MODELGATE_MODEL_ROOTS"] = ",".join(roots)  # the serve below reads it from its environment
     settings.MODELGATE_MODEL_ROOTS = roots
     reranker = ModelSpec(**{**common, "source_kind": ModelSpec.SourceKind.PATH}, slug=RERANK_SLUG, task="rerank",
                          display_name="Reranker (MiniLM, untrained head)", backend="cross-encoder", source=str(path), max_batch_size=16)
