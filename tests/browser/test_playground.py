@@ -5,6 +5,7 @@ record's trace."""
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -44,14 +45,17 @@ def meta(box: Locator, field: str) -> str:
     return box.locator(f'[data-field="{field}"] dd').inner_text()
 
 
-def assert_answered(box: Locator, *, model: str, tier: str) -> None:
-    """The facts every answer shows, and a trace read back from the inference record."""
+def assert_answered(box: Locator, *, model: str, tier: str) -> InferenceRecord:
+    """The facts every answer shows are the answer's record's, and the trace was read back from it."""
     assert box.get_attribute("data-state") == "done", box.inner_text()
+    record = InferenceRecord.objects.get(id=meta(box, "inference_id"))
+    assert (record.model_slug, record.tier, record.status) == (model, tier, InferenceRecord.Status.OK)
     assert meta(box, "model") == model and meta(box, "tier") == tier
-    assert SHOWN.search(meta(box, "latency_ms")) and SHOWN.search(meta(box, "cost"))
-    assert re.fullmatch(r"[0-9a-f-]{36}", meta(box, "inference_id"))
+    assert Decimal(meta(box, "cost")) == record.cost
+    assert SHOWN.search(meta(box, "latency_ms")) and meta(box, "request_id") == record.request_id
     answer = box.locator('[data-role="attempts"] li').last
     assert answer.get_attribute("data-model") == model and answer.get_attribute("data-status") == "ok"
+    return record
 
 
 @pytest.fixture
