@@ -82,6 +82,9 @@ def test_failed_admin_logins_lock_out_that_username_from_that_address(operator, 
     # Locked now: even the right password from that address is refused, and no session is made.
     locked = log_in(attacker, "operator", PASSWORD, "203.0.113.7")
     assert locked.status_code == 429 and "_auth_user_id" not in attacker.session
+    page = locked.content.decode()
+    assert "Too many failed logins" in page and "after 3 failed attempts" in page.lower().replace("\n", " ")
+    assert "axes_reset_username operator" in page
     # The operator elsewhere, and another username from that address, are not locked out.
     elsewhere = Client()
     response = log_in(elsewhere, "operator", PASSWORD, "198.51.100.20")
