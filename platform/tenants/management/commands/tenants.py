@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenants import deletion, services
 from tenants.export import write_export
-from tenants.models import Tenant, TenantDeletion
+from tenants.models import Tenant
 
 
 class Command(BaseCommand):
