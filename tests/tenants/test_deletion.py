@@ -214,6 +214,15 @@ def test_the_command_queues_by_default_and_needs_confirmation(two_tenants):
     call_command("tenants", "delete", "alpha", "--yes", stdout=out)
     assert "is suspended; its deletion" in out.getvalue()
     assert TenantDeletion.objects.get().status == TenantDeletion.Status.PENDING
+    listing = io.StringIO()
+    call_command("tenants", "deletions", stdout=listing)
+    assert "alpha" in listing.getvalue() and "pending" in listing.getvalue() and "bravo" not in listing.getvalue()
+    deletion.run(TenantDeletion.objects.get().pk)
+    listing = io.StringIO()
+    call_command("tenants", "deletions", stdout=listing)
+    line = listing.getvalue().splitlines()[0]
+    removed = TenantDeletion.objects.get().removed
+    assert removed > 30 and "alpha" in line and "done" in line and f" {removed} rows" in line and "finished" in line
 
 
 # --- the admin ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`manage.py tenants create|list|suspend|activate|delete|export`."""
+"""`manage.py tenants create|list|suspend|activate|delete|deletions|export`."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenants import deletion, services
 from tenants.export import write_export
-from tenants.models import Tenant
+from tenants.models import Tenant, TenantDeletion
 
 
 class Command(BaseCommand):
@@ -31,6 +31,7 @@ class Command(BaseCommand):
         delete.add_argument("--yes", action="store_true", help="Do not ask for the slug again.")
         delete.add_argument("--now", action="store_true", help="Delete in this process, printing progress, "
                                                                "instead of in the task cluster.")
+        actions.add_parser("deletions", help="List tenant deletions: status and rows removed so far.")
         export = actions.add_parser("export", help="Write all the tenant's data as JSON lines (no secrets).")
         export.add_argument("slug")
         export.add_argument("--output", "-o", help="File to write (default: standard output).")
@@ -49,6 +50,13 @@ class Command(BaseCommand):
                 self.stdout.write(f"{tenant.slug:<30} {tenant.status:<10} {keys:>3} active keys  {tenant.name}")
         elif action == "delete":
             self._delete(get_tenant(options["slug"]), yes=options["yes"], now=options["now"])
+        elif action == "deletions":
+            for job in TenantDeletion.objects.all()[:100]:
+                finished = f"finished {job.finished_at:%Y-%m-%d %H:%M}" if job.finished_at else ""
+                self.stdout.write(f"#{job.pk:<5} {job.slug:<30} {job.status:<8} {job.removed:>12} rows  "
+                                  f"asked {job.created_at:%Y-%m-%d %H:%M} {finished}".rstrip())
+                if job.error:
+                    self.stdout.write(f"       {job.error}")
         elif action == "export":
             self._export(get_tenant(options["slug"]), options["output"])
         else:
@@ -68,7 +76,7 @@ class Command(BaseCommand):
         if not now:
             state = "queued" if created else f"already {job.status}"
             self.stdout.write(self.style.SUCCESS(f"Tenant {tenant.slug} is suspended; its deletion #{job.pk} is {state}."))
-            self.stdout.write("Follow it in the admin: Tenants › Tenant deletions.")
+            self.stdout.write("Follow it with: manage.py tenants deletions (or in the admin: Tenants › Tenant deletions).")
             return
         deletion.run(job.pk, time_limit=float("inf"))
         job.refresh_from_db()
