@@ -160,8 +160,9 @@ def _sub_limit_refusal(subs: tuple[int, ...], amount: Decimal) -> Refusal | None
     )
 
 
-# Settlement and release are guarded by the record: money moves back only while its record is still
-# pending, so a request that outlived the reaper (which already freed its hold) cannot free it twice.
+# Settlement and release are guarded by the record: the hold moves back only while its record is still
+# pending, so a request that outlived the reaper (which already freed its hold) cannot free it twice; it
+# is still charged what it used, unless the reaper charged its record already (a stream's streamed tokens).
 # Lock order as everywhere: the record, the sub-limits, then the budget.
 _PENDING = """
 WITH pending AS ({pending}), locked AS (
@@ -169,27 +170,30 @@ WITH pending AS ({pending}), locked AS (
      ORDER BY id FOR UPDATE
 ), subs AS (
     UPDATE billing_spendlimit
-       SET reserved = GREATEST(reserved - CASE WHEN EXISTS (SELECT 1 FROM pending) THEN %s ELSE 0 END, 0),
-           spent = LEAST(spent + %s, "limit")
+       SET reserved = GREATEST(reserved - CASE WHEN EXISTS (SELECT 1 FROM pending WHERE open) THEN %s ELSE 0 END, 0),
+           spent = LEAST(spent + CASE WHEN EXISTS (SELECT 1 FROM pending WHERE chargeable) THEN %s ELSE 0 END, "limit")
      WHERE id IN (SELECT id FROM locked)
     RETURNING id
 ), budget AS (
     UPDATE billing_budget
-       SET reserved = GREATEST(reserved - CASE WHEN EXISTS (SELECT 1 FROM pending) THEN %s ELSE 0 END, 0),
-           spent = LEAST(spent + %s, "limit"), updated_at = now()
+       SET reserved = GREATEST(reserved - CASE WHEN EXISTS (SELECT 1 FROM pending WHERE open) THEN %s ELSE 0 END, 0),
+           spent = LEAST(spent + CASE WHEN EXISTS (SELECT 1 FROM pending WHERE chargeable) THEN %s ELSE 0 END, "limit"), updated_at = now()
      WHERE id = %s AND (SELECT count(*) FROM subs) >= 0
     RETURNING spent, "limit", period_start
 )
 """
-_RECORD_PENDING = "SELECT id FROM routing_inferencerecord WHERE id = %s AND status = 'pending' FOR UPDATE"
-_SETTLE_RESULT = "(SELECT spent FROM budget), (SELECT \"limit\" FROM budget), (SELECT period_start FROM budget)"
+_RECORD_PENDING = ("SELECT id, status = 'pending' AS open, (status = 'pending' OR cost = 0) AS chargeable "
+                   "FROM routing_inferencerecord WHERE id = %s FOR UPDATE")
+_NO_RECORD = "SELECT 1 AS id, true AS open, true AS chargeable"
+_SETTLE_RESULT = ("(SELECT spent FROM budget), (SELECT \"limit\" FROM budget), (SELECT period_start FROM budget), "
+                  "EXISTS (SELECT 1 FROM pending WHERE chargeable)")
 
 
 def _move(hold: Hold, charged: Decimal, record_id: object,
           update: tuple[QuerySet, dict[str, object]] | None) -> tuple[object, ...] | None:
     params = [list(hold.sub_limits), hold.amount, charged, hold.amount, charged, hold.budget.pk]
     if record_id is None:
-        head = _PENDING.format(pending="SELECT 1 AS id")
+        head = _PENDING.format(pending=_NO_RECORD)
     else:
         head, params = _PENDING.format(pending=_RECORD_PENDING), [record_id, *params]
     if update is not None:
@@ -218,8 +222,10 @@ def settle(hold: Hold, actual: Decimal, *, record_id: object = None,
         return Decimal("0")
     charged = min(actual, hold.amount)
     row = _move(hold, charged, record_id, update)
+    if row is not None and not row[3]:
+        return Decimal("0")  # the reaper charged the record meanwhile: nothing moved
     if row is not None and row[0] is not None and charged > 0:
-        spent, limit, period_start = row
+        spent, limit, period_start, _ = row
         crossed = crossed_thresholds(hold.budget.alert_thresholds, before=spent - charged, after=spent, limit=limit)
         if crossed:
             from billing import alerts

@@ -199,6 +199,17 @@ def settle(held: Hold, record: InferenceRecord, *, cost: Decimal, **fields: Any)
     observe_attempt(record)
 
 
+def charge_failed(held: Hold, *, record: InferenceRecord, cost: Decimal, tokens_in: float, tokens_out: float, status: str,
+                  code: str, message: str) -> None:
+    """Close the record as failed and charge what the attempt used all the same (a premium stream cut off
+    after the provider had written part of the answer), together."""
+    record.cost, record.unit, record.units_in, record.units_out = cost, "tokens", tokens_in, tokens_out
+    columns = {**failure(record, status=status, code=code, message=message), "cost": cost, "unit": "tokens",
+               "units_in": tokens_in, "units_out": tokens_out}
+    billing.settle(held, cost, record_id=record.pk, update=(_still_pending(record), columns))
+    observe_attempt(record)
+
+
 def release(held: Hold, *, record: InferenceRecord, status: str, code: str, message: str) -> None:
     """Free the hold and close the record, together."""
     billing.release(held, record_id=record.pk, update=(_still_pending(record),
@@ -207,9 +218,10 @@ def release(held: Hold, *, record: InferenceRecord, status: str, code: str, mess
 
 
 def _still_pending(record: InferenceRecord) -> Any:
-    # A record the reaper closed meanwhile (abandoned, and charged what it had streamed) stays as it
-    # closed it: the money statement moves nothing for it either.
-    return InferenceRecord.objects.filter(pk=record.pk, status=InferenceRecord.Status.PENDING)
+    # A record the reaper charged meanwhile (abandoned with what its stream had streamed) stays as the
+    # reaper closed it, and the money statement charges nothing more. One it closed without a charge is
+    # completed by a request that outlived it, as that request's money is.
+    return InferenceRecord.objects.filter(pk=record.pk, cost=0)
 
 
 def tokens_used(record: InferenceRecord) -> float:

@@ -19,7 +19,7 @@ from routing.models import InferenceRecord
 from billing.prices import Summary, actual_cost, token_estimate
 from billing.ratelimits import TokenCharge, take_tokens
 from billing.services import Hold
-from routing.attempts import Outcome, release, settle, tokens_used
+from routing.attempts import Outcome, charge_failed, release, settle, tokens_used
 from routing.router import Walk, plan
 from tenants.models import ApiKey
 
@@ -122,9 +122,16 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"
     except GeneratorExit:
-        # The client went away: stop the model, free the hold, and say so in the record.
+        # The client went away: stop the model and say so in the record. What a provider had written is
+        # charged (it billed those tokens); otherwise the hold is freed.
         stream.close()
-        if not finished:
+        if not finished and streamed and not spec.is_local:
+            cut = _cut_short(summary, "".join(streamed))
+            cost = actual_cost(spec, summary, compute_ms=0.0, tokens_in=cut.tokens_in, tokens_out=cut.tokens_out)
+            charge_failed(held, record=record, cost=cost, tokens_in=float(cut.tokens_in), tokens_out=float(cut.tokens_out),
+                          status=InferenceRecord.Status.ERROR, code="client_disconnected",
+                          message="The client closed the stream; charged for the text streamed until then (estimated usage).")
+        elif not finished:
             release(held, record=record, status=InferenceRecord.Status.ERROR, code="client_disconnected",
                     message="The client closed the stream.")
         raise

@@ -142,3 +142,25 @@ def pending_record(caller, request_id: str, *, compute_ms: float | None, age: fl
     return InferenceRecord.objects.create(
         request_id=request_id, tenant=caller.tenant, api_key=caller.key, task="generation", unit="tokens",
         compute_ms=compute_ms, created_at=timezone.now() - timedelta(seconds=age))
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_for_the_text_the_provider_wrote(api, alice, budget, trickling):
+    spec = premium("chat-fake", "generation", trickling, input="1", output="2")
+    spec.refresh_from_db()
+    trickling.reply(LONG)
+    response = post(api, "/v1/chat/completions", {"messages": FRANCE, "model": "chat-fake", "max_tokens": 100, "stream": True},
+                    alice, HTTP_X_REQUEST_ID="deadline-left")
+    events = iter(response.streaming_content)
+    chunks = [json.loads(next(events).decode().removeprefix("data: ")) for _ in range(6)]
+
+    response._iterator.close()  # the client went away: the server closes the generator (test client's wrapper)
+
+    text = streamed_text(chunks)
+    [record] = records("deadline-left")
+    assert (record.status, record.error_code) == ("error", "client_disconnected")
+    assert record.units_in > 0 and record.units_out == math.ceil(len(text) / 4) > 0  # estimated, as at a deadline
+    assert record.cost == (spec.price_input_per_1k_tokens * Decimal(record.units_in)
+                           + spec.price_output_per_1k_tokens * Decimal(record.units_out)) / 1000 > 0
+    budget.refresh_from_db()
+    assert budget.reserved == 0 and budget.spent == record.cost
+    assert wait_until(lambda: trickling.streams_open == 0)
