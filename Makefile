@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-nodeps.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench stop install
+.PHONY: run test fuzz bench stop install
 
 install: $(STAMP)
 
@@ -32,6 +32,16 @@ test: $(STAMP)
 	@# The layer contracts of .importlinter first: a broken one fails the run before any test.
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The schema fuzz test of `make test` (tests/config/test_fuzz.py) at length: many examples per operation,
+# the boundary values of every field too, a fresh seed each run (FUZZ_SEED=N replays one), and failures
+# shrunk to their smallest request.
+FUZZ_EXAMPLES ?= 100
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: $(STAMP)
+	MODELGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MODELGATE_FUZZ_SEED=$(FUZZ_SEED) MODELGATE_FUZZ_SHRINK=1 \
+	MODELGATE_FUZZ_PHASES=examples,coverage,fuzzing,stateful \
+		$(PY) -m pytest tests/config/test_fuzz.py -s $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH)

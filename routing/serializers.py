@@ -178,6 +178,8 @@ class FeedbackSerializer(serializers.Serializer):
 
 
 class InferenceRecordSerializer(serializers.Serializer):
+    """A record as GET /v1/inferences/{id} shows it: what the record may leave empty is nullable in the schema."""
+
     id = serializers.UUIDField()
     request_id = serializers.CharField()
     task = serializers.CharField()
@@ -185,21 +187,21 @@ class InferenceRecordSerializer(serializers.Serializer):
     tier = serializers.CharField()
     status = serializers.CharField()
     created_at = serializers.DateTimeField()
-    completed_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
     input_preview = serializers.CharField()
     output_preview = serializers.CharField()
     unit = serializers.CharField()
     units_in = serializers.FloatField()
     units_out = serializers.FloatField()
-    queue_ms = serializers.FloatField()
-    compute_ms = serializers.FloatField()
-    latency_ms = serializers.FloatField()
+    queue_ms = serializers.FloatField(allow_null=True)
+    compute_ms = serializers.FloatField(allow_null=True)
+    latency_ms = serializers.FloatField(allow_null=True)
     reserved_cost = serializers.DecimalField(max_digits=20, decimal_places=12)
     cost = serializers.DecimalField(max_digits=20, decimal_places=12)
-    complexity = serializers.FloatField()
-    confidence = serializers.FloatField()
+    complexity = serializers.FloatField(allow_null=True)
+    confidence = serializers.FloatField(allow_null=True)
     routing_reason = serializers.CharField()
-    escalated_from = serializers.UUIDField(source="escalated_from_id")
+    escalated_from = serializers.UUIDField(source="escalated_from_id", allow_null=True)
     cached = serializers.BooleanField()
     error_code = serializers.CharField()
-    feedback_score = serializers.IntegerField()
+    feedback_score = serializers.IntegerField(allow_null=True)

@@ -99,6 +99,32 @@ EXTRA_SUCCESS_CONTENT: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 METADATA_TYPES = ("string", "number", "integer", "boolean", "date")
 
+# OpenAPI links: where an answer's ids lead (clients and the stateful fuzzer follow them).
+_COLLECTION = {"ref": "$response.body#/id"}
+_INFERENCE = {"GetInference": {"operationId": "inferences_retrieve", "parameters": {"id": "$response.body#/inference_id"},
+                               "description": "The record of this request: model, tier, cost and routing reason."}}
+LINKS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("CollectionsView", "post"): {
+        "GetCollection": {"operationId": "collections_retrieve", "parameters": _COLLECTION},
+        "UpsertDocuments": {"operationId": "collections_documents_create", "parameters": _COLLECTION},
+        "SearchCollection": {"operationId": "collections_search_create", "parameters": _COLLECTION},
+        "ListJobs": {"operationId": "collections_jobs_list", "parameters": _COLLECTION},
+    },
+    ("DocumentsView", "post"): {
+        "GetDocument": {"operationId": "collections_documents_retrieve",
+                        "parameters": {"ref": "$request.path.ref", "external_id": "$request.body#/documents/0/id"}},
+    },
+    ("JobsView", "post"): {
+        "GetJob": {"operationId": "jobs_retrieve", "parameters": {"id": "$response.body#/id"}},
+        "CancelJob": {"operationId": "jobs_cancel_create", "parameters": {"id": "$response.body#/id"}},
+    },
+    ("TranslateView", "post"): _INFERENCE,
+    ("DetectLanguageView", "post"): _INFERENCE,
+    ("ClassifyView", "post"): _INFERENCE,
+    ("RerankView", "post"): _INFERENCE,
+    ("IntentView", "post"): _INFERENCE,
+}
+
 NON_BLANK: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
 
 
@@ -137,7 +163,7 @@ def _body_rules() -> dict[str, dict[str, Any]]:
             "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": settings.MODELGATE_MAX_OUTPUT_TOKENS},
             "stop": {"oneOf": [{"type": "string", "minLength": 1},
                                {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4}],
-                     "nullable": True, "description": "A string or up to 4 strings that end the answer."},
+                     "description": "A string or up to 4 strings that end the answer."},
             "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         }},
         "DocumentSerializer": {
@@ -188,11 +214,54 @@ class ModelgateAutoSchema(AutoSchema):
             if status in HEADERS:
                 response["headers"] = copy.deepcopy(HEADERS[status])
             responses.setdefault(str(status), response)
+        success = next(code for code in sorted(responses) if code.startswith("2"))
         extra = EXTRA_SUCCESS_CONTENT.get(self._view_method())
         if extra:
-            success = next(code for code in sorted(responses) if code.startswith("2"))
             responses[success].setdefault("content", {}).update(copy.deepcopy(extra))
+        links = LINKS.get(self._view_method())
+        if links:
+            responses[success]["links"] = copy.deepcopy(links)
         return operation
+
+    def map_parsers(self) -> list[Any]:
+        # Bodies are JSON: the form parsers are there for the uploads, whose views name multipart/form-data
+        # themselves. A nested body (documents, messages) cannot be a form, so the schema promises JSON.
+        return ["application/json"]
+
+    def _get_request_body(self, direction: str = "request") -> dict[str, Any] | None:
+        body = super()._get_request_body(direction)
+        if body is not None:
+            # No body-reading operation here does anything with an empty body but refuse it.
+            body["required"] = True
+            content = body["content"]
+            if "multipart/form-data" in content and "application/json" in content:
+                # One serializer for both: a form holds files and scalars, not lists of objects (an ingestion
+                # job's `documents`), and JSON holds no files.
+                for media, suffix, unfit in (("multipart/form-data", "Upload", _nested), ("application/json", "Json", _binary)):
+                    if "$ref" in content[media].get("schema", {}):
+                        name = content[media]["schema"]["$ref"].rsplit("/", 1)[1]
+                        content[media]["schema"] = self._carried(name, suffix, unfit)
+        return body
+
+    def _carried(self, name: str, suffix: str, unfit: Any) -> dict[str, Any]:
+        """A body component without the fields its media type cannot carry; alternatives needing one go."""
+        component = self.registry._components[(name, ResolvedComponent.SCHEMA)]
+        schema = copy.deepcopy(component.schema)
+        dropped = {field for field, prop in schema.get("properties", {}).items() if unfit(prop)}
+        if not dropped:
+            return component.ref
+        for field in dropped:
+            schema["properties"].pop(field)
+        schema["required"] = [field for field in schema.get("required", []) if field not in dropped]
+        for keyword in ("oneOf", "anyOf"):
+            kept = [option for option in schema.pop(keyword, []) if not set(option.get("required", [])) & dropped]
+            if len(kept) == 1:
+                schema["required"] = sorted({*schema["required"], *kept[0].get("required", [])})
+            elif kept:
+                schema[keyword] = kept
+        upload = ResolvedComponent(name=f"{name}{suffix}", type=ResolvedComponent.SCHEMA, object=f"{name}{suffix}", schema=schema)
+        self.registry.register_on_missing(upload)
+        return upload.ref
 
     def _view_method(self) -> tuple[str, str]:
         return type(self.view).__name__, self.method.lower()
@@ -264,6 +333,14 @@ class ModelgateAutoSchema(AutoSchema):
                 target.update(copy.deepcopy(patch))
             schema.update({key: copy.deepcopy(value) for key, value in rule.items() if key != "properties"})
         return schema
+
+
+def _nested(prop: dict[str, Any]) -> bool:
+    return prop.get("type") == "object" or prop.get("items", {}).get("type") == "object"
+
+
+def _binary(prop: dict[str, Any]) -> bool:
+    return prop.get("format") == "binary"
 
 
 def _rejects_whitespace(field: serializers.CharField) -> bool:

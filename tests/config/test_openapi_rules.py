@@ -232,7 +232,9 @@ def test_rules_no_field_can_state_are_in_the_schema(schema):
     for name in ("Translate", "DetectLanguage", "Classify"):
         assert components[name]["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}], name
     assert components["DeleteDocuments"]["oneOf"] == [{"required": ["ids"]}, {"required": ["filter"]}]
-    assert components["JobCreate"]["oneOf"] == [{"required": ["file"]}, {"required": ["documents"]}]
+    # An ingestion job: a file as a multipart form, or documents as JSON; each media type carries only its own.
+    assert components["JobCreateUpload"]["required"] == ["file"] and "documents" not in components["JobCreateUpload"]["properties"]
+    assert components["JobCreateJson"]["required"] == ["documents"] and "file" not in components["JobCreateJson"]["properties"]
     assert {"required": ["query"]} in components["Search"]["anyOf"]
     assert components["Audio"]["properties"]["file"]["format"] == "binary"
     # Copies of what tenants may not import (embeddings sits above it) stay equal to the originals.
@@ -262,3 +264,26 @@ def test_the_schema_validates_its_own_examples_of_valid_bodies(schema):
     assert valid("Upsert", {"documents": [{"id": "dogs-0", "text": "The dog."}]})
     assert not valid("Upsert", {"documents": [{"id": "dogs-0", "text": " "}]})
     assert not valid("CollectionCreate", {"name": "-bad"})
+
+
+def test_links_say_where_ids_lead(schema):
+    created = schema["paths"]["/v1/collections"]["post"]["responses"]["201"]["links"]
+    assert created["UpsertDocuments"] == {"operationId": "collections_documents_create", "parameters": {"ref": "$response.body#/id"}}
+    upserted = schema["paths"]["/v1/collections/{ref}/documents"]["post"]["responses"]["200"]["links"]
+    assert upserted["GetDocument"]["parameters"]["external_id"] == "$request.body#/documents/0/id"
+    operation_ids = {operation["operationId"] for _, _, operation in operations(schema)}
+    for _, _, operation in operations(schema):
+        for response in operation["responses"].values():
+            for link in response.get("links", {}).values():
+                assert link["operationId"] in operation_ids
+
+
+def test_bodies_are_required_and_json_unless_they_are_uploads(schema):
+    for path, method, operation in operations(schema):
+        if "requestBody" not in operation:
+            continue
+        assert operation["requestBody"]["required"] is True, (method, path)
+        media = set(operation["requestBody"]["content"])
+        uploads = path in ("/v1/audio/transcriptions", "/v1/intent", "/v1/collections/{ref}/jobs")
+        assert media == ({"multipart/form-data"} | ({"application/json"} if path.endswith("/jobs") else set())
+                         if uploads else {"application/json"}), (method, path)
