@@ -98,7 +98,10 @@ def judge_chat(*, spec: ModelSpec, item: GenerationInput, candidate: str, refere
 
 def open_premium_stream(*, spec: ModelSpec, item: GenerationInput, tenant: Tenant | None = None) -> Any:
     provider = provider_for(provider_config(spec, tenant))
-    return provider.chat_stream(model=spec.source, request=_checked_chat(item))
+    # The stream's deadline is checked between pieces; a silent provider is bounded by the read timeout,
+    # never longer than the deadline itself.
+    timeout = min(provider.config.timeout, float(settings.MODELGATE_STREAM_TIMEOUT))
+    return provider.chat_stream(model=spec.source, request=_checked_chat(item), timeout=timeout)
 
 
 def _checked_chat(item: Any) -> GenerationInput:

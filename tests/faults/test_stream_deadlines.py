@@ -164,3 +164,24 @@ def test_a_client_that_leaves_mid_stream_is_charged_for_the_text_the_provider_wr
     budget.refresh_from_db()
     assert budget.reserved == 0 and budget.spent == record.cost
     assert wait_until(lambda: trickling.streams_open == 0)
+
+
+def test_a_provider_that_goes_silent_mid_stream_is_bounded_by_the_deadline_not_its_own_timeout(
+        api, alice, budget, fake_providers, settings):
+    settings.MODELGATE_STREAM_TIMEOUT = 1
+    premium("chat-fake", "generation", fake_providers, options={"timeout": 3600, "max_retries": 0})
+    fake_providers.reply(words_reply(20))
+    fake_providers.stall()  # half the events, then nothing
+
+    response = post(api, "/v1/chat/completions", {"messages": FRANCE, "model": "chat-fake", "max_tokens": 100, "stream": True},
+                    alice, HTTP_X_REQUEST_ID="deadline-silent")
+    content = b"".join(response.streaming_content)
+
+    # A read timeout: the stream's 1 s bound fired. Had the provider's hour been the bound, the fake would
+    # have given up first (HANG_LIMIT) and closed the connection: provider_unavailable.
+    error = json.loads(content.decode().split("\n\n")[-3].removeprefix("data: "))["error"]
+    assert (error["code"], error["request_id"]) == ("provider_timeout", "deadline-silent")
+    [record] = records("deadline-silent")
+    assert (record.status, record.error_code) == ("error", "provider_timeout")
+    budget.refresh_from_db()
+    assert budget.reserved == 0
