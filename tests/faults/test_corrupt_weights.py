@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from billing.alerts import payload
 from billing.models import Alert
 from core.recent import configuration
 from registry.models import ModelSpec
@@ -47,6 +48,8 @@ def test_a_model_whose_weights_do_not_load_is_marked_unhealthy_skipped_and_alert
     assert corrupt_chat.last_check_ok is False and "corrupt-chat" in corrupt_chat.last_error
     [alert] = Alert.objects.filter(kind=Alert.Kind.MODEL)
     assert (alert.tenant_id, alert.subject) == (alice.tenant.pk, "corrupt-chat") and "could not load" in alert.message
+    delivered = payload(alert)  # what the budget's webhook receives
+    assert (delivered["type"], delivered["tenant"], delivered["model"]) == ("model.unhealthy", "alpha", "corrupt-chat")
 
     configuration.forget()  # as the routing cache expires (MODELGATE_ROUTING_CACHE_SECONDS)
     second = post(api, "/v1/chat/completions", CHAT, alice, HTTP_X_REQUEST_ID="corrupt-second")
