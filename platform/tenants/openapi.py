@@ -78,12 +78,14 @@ REASONS: dict[int, str] = {
     415: "The body's Content-Type is not one the operation reads (unsupported_media_type).",
     429: "Too many requests or tokens per minute for the key or tenant; Retry-After says when to come back (rate_limited).",
     502: "Every candidate model failed upstream (upstream_failed).",
-    503: "No model can serve this now; retry shortly (no_model_available).",
+    503: "No model can serve this now, the provider is rate limiting, or the database cannot be reached; retry "
+         "after Retry-After when given (no_model_available, upstream_rate_limited, database_unavailable).",
 }
 
 HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer realm="modelgate"'}},
     429: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before retrying."}},
+    503: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before retrying, when known."}},
 }
 
 # Success answers that are not JSON (the operation's view decides by a body field).
