@@ -347,7 +347,11 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Modelgate API",
-    "DESCRIPTION": "Multi-tenant inference gateway: local open models first, premium APIs when needed.",
+    "DESCRIPTION": (
+        "Multi-tenant inference gateway: local open models first, premium APIs when needed. Every answer that is "
+        "not a success has one shape, {\"error\": {\"code\", \"message\", \"request_id\"}} (the Error component), "
+        "and each operation lists the statuses it can answer. Strings are UTF-8 text without NUL characters (U+0000)."
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

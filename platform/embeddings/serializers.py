@@ -21,6 +21,8 @@ from embeddings.models import (
 from embeddings.services import DocumentInput, metadata_json
 
 MAX_K = 100
+# A quarter of float32's range: then the squared distance of two vectors within it still fits as well.
+MAX_SQUARED_LENGTH = float(np.finfo(np.float32).max) / 4
 
 
 @extend_schema_field({"type": "array", "items": {"type": "number"}, "description": "As many numbers as the collection's dimension."})
@@ -41,6 +43,10 @@ class VectorField(serializers.Field):
             vector = np.asarray(data, dtype=np.float32)
         if not np.isfinite(vector).all():
             raise serializers.ValidationError("The numbers must be finite (and fit in 32 bits).")
+        # Distances are computed in 32 bits: a vector whose squared length overflows them has no cosine and
+        # an infinite distance to everything, which no answer can carry (JSON has no Infinity or NaN).
+        if float(np.dot(vector.astype(np.float64), vector)) > MAX_SQUARED_LENGTH:
+            raise serializers.ValidationError("The numbers are too large: the vector's squared length must fit in 32 bits.")
         if collection.distance == Distance.COSINE and not vector.any():
             raise serializers.ValidationError("A zero vector has no direction: cosine distance is undefined for it.")
         return vector

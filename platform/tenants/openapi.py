@@ -4,7 +4,8 @@ request bodies as strict as the serializers that check them.
 Statuses are read from what each view does (its authentication, permissions, throttles, path, query and
 body, and whether it runs a model), not listed per view; the few facts no rule can see (a 409 a service
 raises, a 404 for an object named in the body) are in EXTRA_ERRORS. Request bodies carry the limits their
-serializers enforce: a string that must hold more than whitespace gets `minLength: 1` and a `\\S` pattern,
+serializers enforce: a string that must hold more than whitespace gets `minLength: 1` and a pattern that
+needs a character `strip()` keeps,
 a list that may not be empty `minItems: 1`, and the rules written in `validate_*` methods are in
 BODY_RULES. A client generated from the schema knows every answer it can get, and the fuzz test
 (tests/config/test_fuzz.py) holds the server to it.
@@ -90,8 +91,9 @@ HEADERS: dict[int, dict[str, Any]] = {
 
 # Success answers that are not JSON (the operation's view decides by a body field).
 EXTRA_SUCCESS_CONTENT: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
-    ("ChatCompletionsView", "post"): {"text/event-stream": {
-        "schema": {"type": "string", "description": "With stream=true: server-sent chat.completion.chunk events, then [DONE]."}}},
+    ("ChatCompletionsView", "post"): {"text/event-stream": {"schema": {
+        "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}},
+        "description": "With stream=true, one server-sent event: data is a chat.completion.chunk as JSON, and [DONE] last."}}},
     ("TranscriptionsView", "post"): {"text/plain": {
         "schema": {"type": "string", "description": "With response_format=text: the transcript alone."}}},
 }
@@ -127,7 +129,10 @@ LINKS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("IntentView", "post"): _INFERENCE,
 }
 
-NON_BLANK: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
+# Holds a character str.strip() keeps: not whitespace for Python, whose whitespace is ECMAScript's \s plus
+# U+001C-U+001F and U+0085 (U+FEFF, which \s counts, makes the pattern only stricter).
+NOT_BLANK_PATTERN = r"[^\s\u001c-\u001f\u0085]"
+NON_BLANK: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": NOT_BLANK_PATTERN}
 
 
 def _non_blank(**limits: Any) -> dict[str, Any]:
@@ -149,6 +154,10 @@ def _body_rules() -> dict[str, dict[str, Any]]:
                 "description": "A FLORES-200 code ('fra_Latn'); ISO 639-1/639-3 spellings ('fr', 'fra') are read too."}
     metadata = {"type": "object", "additionalProperties": True, "description": "Metadata of the document, checked against the collection's schema."}
     filter_ = {"type": "object", "description": 'Metadata filter: {"lang": "en", "year": {"$gte": 2020}}.'}
+    # The server bounds a vector's squared length (distances are 32-bit); numbers within ±1e17 always keep it.
+    vector = {"type": "array", "items": {"type": "number", "minimum": -1e17, "maximum": 1e17}, "minItems": 1,
+              "maxItems": settings.MODELGATE_COLLECTION_MAX_DIMENSION,
+              "description": "As many numbers as the collection's dimension; not all zero for cosine collections."}
     return {
         "OneOrManyTexts": one_or_many,
         "TranslateSerializer": {**one_or_many, "properties": {**one_or_many["properties"], "target": language, "source": language}},
@@ -171,11 +180,15 @@ def _body_rules() -> dict[str, dict[str, Any]]:
         "DocumentSerializer": {
             "properties": {"id": _non_blank(maxLength=256), "text": {"type": "string", "maxLength": text_limit},
                            "metadata": metadata,
-                           "vector": {"minItems": 1, "maxItems": settings.MODELGATE_COLLECTION_MAX_DIMENSION}},
+                           "vector": vector},
             "anyOf": [{"required": ["vector"]}, {"required": ["text"], "properties": {"text": NON_BLANK}}],
             "description": "A text to embed, or a vector of the collection's dimension (or both).",
         },
-        "UpsertSerializer": {"properties": {"documents": {"maxItems": per_request}}},
+        "UpsertSerializer": {"properties": {"documents": {
+            "maxItems": per_request, "uniqueItems": True,
+            "description": "Each id at most once in a request (a repeated id is a 400 naming it)."}}},
+        "ClassifySerializer": {**one_or_many, "properties": {**one_or_many["properties"], "labels": {
+            "uniqueItems": True, "description": "2 to 100 distinct candidate labels (distinct once trimmed): zero-shot."}}},
         "CollectionCreateSerializer": {"properties": {
             "name": {"type": "string", "pattern": COLLECTION_NAME_PATTERN, "minLength": 1, "maxLength": 100,
                      "description": "Letters, digits, '.', '_' and '-', starting with a letter or digit; not a UUID."},
@@ -188,8 +201,7 @@ def _body_rules() -> dict[str, dict[str, Any]]:
             "oneOf": [{"required": ["ids"]}, {"required": ["filter"]}],
         },
         "SearchSerializer": {
-            "properties": {"query": _non_blank(maxLength=text_limit), "filter": filter_,
-                           "vector": {"minItems": 1, "maxItems": settings.MODELGATE_COLLECTION_MAX_DIMENSION}},
+            "properties": {"query": _non_blank(maxLength=text_limit), "filter": filter_, "vector": vector},
             # hybrid and rerank read the query text: without one, both stay off.
             "anyOf": [{"required": ["query"]},
                       {"required": ["vector"], "not": {"anyOf": [{"required": ["hybrid"]}, {"required": ["rerank"]}]}}],
@@ -310,7 +322,7 @@ class ModelgateAutoSchema(AutoSchema):
             return schema
         if isinstance(field, serializers.CharField) and not field.allow_blank and schema.get("type") == "string" \
                 and not {"enum", "format", "pattern"} & schema.keys() and _rejects_whitespace(field):
-            schema.update(minLength=max(1, schema.get("minLength", 1)), pattern=r"\S")
+            schema.update(minLength=max(1, schema.get("minLength", 1)), pattern=NOT_BLANK_PATTERN)
         if isinstance(field, (serializers.ListField, serializers.ListSerializer)) and not field.allow_empty \
                 and schema.get("type") == "array":
             schema["minItems"] = max(1, schema.get("minItems", 1))

@@ -111,3 +111,15 @@ def test_the_api_keeps_every_promise_of_its_schema(live_server, server_state, tm
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["operations"]["selected"] == OPERATIONS, report["operations"]
     assert report["operations"]["errored"] == 0 and report["complete"], report["operations"]
+
+
+def test_a_vector_too_large_for_32_bit_distances_is_refused_not_stored(api, alice, collection):  # noqa: F811
+    """Found by the fuzz test: a document of numbers near float32's limit was stored, and every cosine search
+    then met a NaN distance, which no JSON answer can carry (a 500)."""
+    huge = [3e30] + [0.0] * 383
+    stored = post(api, f"/v1/collections/{collection['id']}/documents", {"documents": [{"id": "huge", "vector": huge}]}, alice)
+    assert stored.status_code == 400 and stored.json()["error"]["message"].startswith("documents.0.vector:")
+    searched = post(api, f"/v1/collections/{collection['id']}/search", {"vector": huge}, alice)
+    assert searched.status_code == 400 and searched.json()["error"]["message"].startswith("vector:")
+    near = post(api, f"/v1/collections/{collection['id']}/search", {"vector": [1e17] * 384}, alice)
+    assert near.status_code == 200, near.content  # the schema's bound on each number is always accepted

@@ -254,6 +254,9 @@ def test_the_schema_validates_its_own_examples_of_valid_bodies(schema):
     assert not valid("Translate", {"target": "deu_Latn"})  # neither text nor texts
     assert not valid("Translate", {"text": "a", "texts": ["b"], "target": "deu_Latn"})  # both
     assert not valid("Translate", {"text": "   ", "target": "deu_Latn"})
+    assert not valid("Translate", {"text": "\x1d\x85", "target": "deu_Latn"})  # whitespace to str.strip() too
+    assert valid("Classify", {"text": "Shares fell", "labels": ["finance", "cooking"]})
+    assert not valid("Classify", {"text": "Shares fell", "labels": ["finance", "finance"]})
     assert valid("ChatCompletion", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
     assert not valid("ChatCompletion", {"messages": []})
     assert not valid("ChatCompletion", {"messages": [{"role": "user", "content": " "}]})
