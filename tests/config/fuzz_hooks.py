@@ -50,7 +50,7 @@ def _vector(value: Any) -> Any:
         return value
     fitted = [float(x) if math.isfinite(x) and abs(x) <= 1e17 else 0.5 for x in value]
     fitted = (fitted * (CONTEXT["dimension"] // len(fitted) + 1))[: CONTEXT["dimension"]]
-    if not any(fitted):
+    if not any(abs(x) > 1e-30 for x in fitted):  # zero in 32 bits: a cosine collection's 400 (the schema says so)
         fitted[0] = 1.0
     return fitted
 
