@@ -5,10 +5,9 @@ Statuses are read from what each view does (its authentication, permissions, thr
 body, and whether it runs a model), not listed per view; the few facts no rule can see (a 409 a service
 raises, a 404 for an object named in the body) are in EXTRA_ERRORS. Request bodies carry the limits their
 serializers enforce: a string that must hold more than whitespace gets `minLength: 1` and a pattern that
-needs a character `strip()` keeps,
-a list that may not be empty `minItems: 1`, and the rules written in `validate_*` methods are in
-BODY_RULES. A client generated from the schema knows every answer it can get, and the fuzz test
-(tests/config/test_fuzz.py) holds the server to it.
+needs a character `strip()` keeps, a list that may not be empty `minItems: 1`, and the rules written in
+`validate_*` methods are in _body_rules(). A client generated from the schema knows every answer it can
+get, and the fuzz test (tests/config/test_fuzz.py) holds the server to it.
 """
 from __future__ import annotations
 
