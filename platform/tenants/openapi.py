@@ -82,6 +82,8 @@ REASONS: dict[int, str] = {
          "after Retry-After when given (no_model_available, upstream_rate_limited, database_unavailable).",
 }
 
+DATABASE_DOWN = "The database cannot be reached right now; retry after Retry-After (database_unavailable)."
+
 HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer realm="modelgate"'}},
     429: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before retrying."}},
@@ -288,7 +290,8 @@ class ModelgateAutoSchema(AutoSchema):
     def error_statuses(self, operation: dict[str, Any]) -> dict[int, str]:
         """Status -> why, from what the view does."""
         view = self.view
-        found: dict[int, str] = {414: REASONS[414]}
+        # Any operation reads the database: one that cannot be reached is a 503 to retry (core.errors).
+        found: dict[int, str] = {414: REASONS[414], 503: DATABASE_DOWN}
         locations = {parameter["in"] for parameter in operation.get("parameters", [])}
         if view.get_authenticators():
             found[401] = REASONS[401]
