@@ -6,7 +6,8 @@ timeout = 300
 graceful_timeout = 30
 keepalive = 5
 # gunicorn's longest request line (8,190 bytes, its maximum; the default is 4,094): URLs up to
-# MODELGATE_MAX_URL_BYTES (8,000) reach Django, which answers a longer one with a 414 in the error shape.
+# MODELGATE_MAX_URL_BYTES (8,000) reach Django, which answers a longer one with a 414 in the error shape;
+# gunicorn answers a line longer still itself, in the same shape (config.gunicorn_errors).
 limit_request_line = 8190
 accesslog = None  # config.middleware logs one JSON line per request, with tenant and latency
 errorlog = "-"
@@ -31,6 +32,13 @@ control_socket_disable = True
 # Django and the provider SDKs load once in the master and the workers fork from it: their pages are
 # shared (copy-on-write) instead of loaded again by every worker, and a worker is serving at once.
 preload_app = True
+
+
+def on_starting(server: object) -> None:
+    """In the master, before the workers fork: requests gunicorn refuses itself get the API's error shape."""
+    from config import gunicorn_errors
+
+    gunicorn_errors.install()
 
 
 def when_ready(server: object) -> None:

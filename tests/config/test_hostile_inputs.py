@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import signal
+import socket
 import json
 import re
 from collections.abc import Callable
@@ -378,8 +379,21 @@ def test_nesting_up_to_the_limit_is_accepted_and_one_level_more_is_not(api, alic
     assert "nested deeper than 32 levels" in over.json()["error"]["message"]
 
 
+def raw_request(port: int, data: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send bytes no HTTP client library would, and read the whole answer (the server closes after it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    line, *fields = head.split(b"\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (f.decode().partition(":") for f in fields)}
+    return line, headers, body
+
+
 @pytest.mark.django_db(transaction=True)
-def test_served_by_gunicorn_a_long_url_reaches_django_and_one_over_the_limit_is_a_414_in_the_error_shape(tmp_path):
+def test_served_by_gunicorn_long_urls_and_requests_gunicorn_refuses_itself_get_the_error_shape(tmp_path):
     from tests.config.test_serve import Served, free_port
 
     served = Served(free_port(), tmp_path)
@@ -391,6 +405,22 @@ def test_served_by_gunicorn_a_long_url_reaches_django_and_one_over_the_limit_is_
         assert status == 414, body
         error = json.loads(body)["error"]
         assert error["code"] == "uri_too_long" and error["request_id"] and "the limit is 8000 bytes" in error["message"]
+        # Longer than gunicorn reads (8,190 bytes), headers it will not take, a request line it cannot
+        # parse: gunicorn refuses them before Django, and still in the error shape.
+        port = int(served.base.rsplit(":", 1)[1])
+        refused = {
+            414: raw_request(port, b"GET /health?pad=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+            431: raw_request(port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"),
+            400: raw_request(port, b"GET /health HTTP/9\r\nHost: x\r\n\r\n"),
+        }
+        codes = {414: "uri_too_long", 431: "headers_too_large", 400: "invalid_request"}
+        for status, (line, headers, body) in refused.items():
+            assert line.split()[1] == str(status).encode(), (line, body)
+            assert headers["content-type"] == "application/json"
+            error = json.loads(body)["error"]
+            assert error["code"] == codes[status] and error["message"], error
+            assert error["request_id"] == headers["x-request-id"]
+        assert served.get("/health")[0] == 200  # the workers go on serving
     finally:
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=60) == 0, "".join(served.lines)
