@@ -24,7 +24,7 @@ from core.errors import ApiError
 from core.logs import current_request_id
 from core.parsers import bounded_int, escape_unsafe, text_problem
 from embeddings.models import Collection, IngestionJob
-from embeddings.services import DocumentInput, UpsertResult, upsert_documents
+from embeddings.services import Conflict, DocumentInput, UpsertResult, upsert_documents
 from routing.router import InputRejected
 from tenants.models import ApiKey
 
@@ -173,7 +173,7 @@ def resume_job(*, job: IngestionJob) -> IngestionJob:
         updated_at=timezone.now(),
     ):
         job.refresh_from_db()
-        raise ApiError(f"Only failed or cancelled jobs can be resumed; this one is {job.status}.", code="job_not_resumable")
+        raise Conflict(f"Only failed or cancelled jobs can be resumed; this one is {job.status}.", code="job_not_resumable")
     enqueue(job)
     job.refresh_from_db()
     return job

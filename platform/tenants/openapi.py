@@ -58,6 +58,8 @@ EXTRA_ERRORS: dict[tuple[str, str], dict[int | str, str]] = {
                                   ROUTED: "the model measures its dimension with one embedding"},
     ("DocumentsView", "post"): {409: "The documents keep changing under concurrent writes; retry (conflict).",
                                 ROUTED: "texts are embedded"},
+    ("JobResumeView", "post"): {409: "The job is queued, running or finished: only a failed or cancelled job "
+                                     "resumes (job_not_resumable)."},
     ("SearchView", "post"): {ROUTED: "the query is embedded, and reranked on request"},
     ("FeedbackView", "post"): {404: "No answered request has this request_id for this tenant (not_found)."},
     ("BudgetView", "patch"): {404: "No budget is set for this tenant; an operator sets one (not_found)."},

@@ -38,7 +38,7 @@ def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[st
 
 
 def _cancel(job: Any) -> None:
-    """Only a stopped job resumes (a queued one is the 400 job_not_resumable): stop it first."""
+    """Only a stopped job resumes (a queued one is the 409 job_not_resumable): stop it first."""
     if isinstance(job, str):
         requests.post(f"{CONTEXT['base_url']}/v1/jobs/{job}/cancel", timeout=60,
                       headers={"Authorization": f"Bearer {CONTEXT['key']}"})

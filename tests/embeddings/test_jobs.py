@@ -165,7 +165,7 @@ def test_a_cancelled_job_stops_and_can_be_resumed(api, alice, empty):
     post(api, f"/v1/jobs/{job_id}/resume", {}, alice)
     assert tasks.run_ingestion(job_id) == "done"
     again = post(api, f"/v1/jobs/{job_id}/resume", {}, alice)
-    assert again.status_code == 400 and again.json()["error"]["code"] == "job_not_resumable"
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_not_resumable"
 
 
 def test_a_job_stops_when_the_key_that_started_it_is_revoked(api, alice, empty):
