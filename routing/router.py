@@ -180,7 +180,7 @@ class Walk:
             if isinstance(exc, ModelLoadError) and spec.is_local:
                 _unhealthy(spec, tenant_id=self.key.tenant_id, message=message)
             release(held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
-            self.last_error, self.last_code = f"{spec.slug}: {message}", code
+            self.last_error, self.last_code = f"{spec.slug} ({code})", code
             self.last_retry_after = getattr(exc, "retry_after", None)
             self.pass_on(record, f"fallback after {spec.slug} failed ({code})", InferenceRecord.EscalationCause.ERROR)
             logger.warning("candidate failed", extra={"model": spec.slug, "code": code})
@@ -193,16 +193,18 @@ class Walk:
         self.reason, self.previous, self.cause = reason, record, cause
 
     def exhausted(self) -> ApiError:
+        """The client's error once no candidate is left. It names the last model and its error code; the
+        provider's or the runtime's own text (file paths, upstream bodies) stays in the records for operators."""
+        last = f" The last to fail was {self.last_error}." if self.last_error else ""
         if self.last_code == "model_server_unavailable":
             # The models' process is gone (restarting): nobody can serve this now, a 503 to retry.
-            return NoModelAvailable(f"No model server can serve this now; retry shortly. ({self.last_error})")
+            return NoModelAvailable(f"No model server can serve this now; retry shortly.{last}")
         if self.last_code == ProviderRateLimited.code:
             # The provider's own limit, after the SDK's retries: the client may retry once it has passed.
             wait = max(1, math.ceil(self.last_retry_after or 1))
-            return UpstreamRateLimited(f"The provider is rate limiting; retry in {wait} s. ({self.last_error})",
+            return UpstreamRateLimited(f"The provider is rate limiting; retry in {wait} s.{last}",
                                        headers={"Retry-After": str(wait)})
-        return UpstreamFailed(f"Every candidate model failed; last: {self.last_error}" if self.last_error
-                              else "Every candidate model failed.")
+        return UpstreamFailed(f"Every candidate model failed.{last}")
 
 
 def _answer(walk: Walk, *, items: list[Any], summary: Summary, units_out: Callable[[list[Any]], float],

@@ -40,15 +40,16 @@ FAULTS = {
 }
 
 
-def assert_client_error(response, name: str, request_id: str, slug: str) -> None:
+def assert_client_error(response, name: str, request_id: str, slug: str, code: str | None = None) -> None:
     """A provider's rate limit is a 503 to retry after its hint; any other failure a 502. Either names the
-    model that failed and never the provider key."""
+    model that failed and its code, never the provider's own text or key."""
     if name == "429":
         error = assert_error_shape(response, 503, "upstream_rate_limited", request_id)
         assert response["Retry-After"] == "1"  # the fake's hint (5 ms), rounded up to HTTP's whole seconds
     else:
         error = assert_error_shape(response, 502, "upstream_failed", request_id)
-    assert f"{slug}:" in error["message"] and "sk-operator" not in error["message"]
+    assert f"The last to fail was {slug} ({code or FAULTS[name][0]})." in error["message"], error
+    assert "sk-operator" not in error["message"] and "Error code" not in error["message"]
 
 
 def assert_error_shape(response, status: int, code: str, request_id: str) -> dict:
@@ -158,7 +159,7 @@ def test_a_prompted_answer_that_does_not_parse_is_not_retried_and_its_tokens_are
     response = post(api, "/v1/translate", {"text": "Good morning", "source": "en", "target": "fr", "model": "translate-fake"},
                     alice, HTTP_X_REQUEST_ID="fault-translate-unparsed")
 
-    assert_client_error(response, "unparsed", "fault-translate-unparsed", "translate-fake")
+    assert_client_error(response, "unparsed", "fault-translate-unparsed", "translate-fake", "provider_bad_output")
     assert_failed_and_released("fault-translate-unparsed", "provider_bad_output", budget)
     assert len(fake_providers.requests_to("/v1/chat/completions")) == 1
 

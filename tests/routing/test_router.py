@@ -66,6 +66,9 @@ def test_when_every_candidate_fails_the_caller_gets_502_and_the_records_say_why(
     ModelSpec.objects.filter(slug="minilm-l6").update(enabled=False)
     response = post(api, "/v1/embeddings", {"input": "hello"}, alice, HTTP_X_REQUEST_ID="all-fail-1")
     assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_failed"
+    # The client learns which model failed and how; the runtime's text (a server path here) stays in the record.
+    message = response.json()["error"]["message"]
+    assert "embed-broken (model_load_failed)" in message and str(tmp_path) not in message, message
     [record] = records("all-fail-1")
     assert record.status == "error" and "weights not found" in record.error_message
 
