@@ -122,30 +122,40 @@ def _events(stream: Any, *, record: InferenceRecord, spec: Any, summary: Summary
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"
     except GeneratorExit:
-        # The client went away: stop the model and say so in the record. What a provider had written is
-        # charged (it billed those tokens); otherwise the hold is freed.
+        # The client went away: stop the model and say so in the record.
         stream.close()
-        if not finished and streamed and not spec.is_local:
-            cut = _cut_short(summary, "".join(streamed))
-            cost = actual_cost(spec, summary, compute_ms=0.0, tokens_in=cut.tokens_in, tokens_out=cut.tokens_out)
-            charge_failed(held, record=record, cost=cost, tokens_in=float(cut.tokens_in), tokens_out=float(cut.tokens_out),
-                          status=InferenceRecord.Status.ERROR, code="client_disconnected",
-                          message="The client closed the stream; charged for the text streamed until then (estimated usage).")
-        elif not finished:
-            release(held, record=record, status=InferenceRecord.Status.ERROR, code="client_disconnected",
-                    message="The client closed the stream.")
+        if not finished:
+            _close_unfinished(held, record, spec=spec, summary=summary, streamed=streamed, code="client_disconnected",
+                              message="The client closed the stream.")
         raise
     except (InferenceError, OSError) as exc:
         stream.close()
+        code = getattr(exc, "code", "error")
         if not finished:
-            release(held, record=record, status=InferenceRecord.Status.ERROR, code=getattr(exc, "code", "error"),
-                    message=str(exc))
-        error = {"error": {"code": getattr(exc, "code", "error"), "message": str(exc), "request_id": record.request_id}}
+            _close_unfinished(held, record, spec=spec, summary=summary, streamed=streamed, code=code, message=str(exc))
+        # The model's own text (an upstream body, a path) stays in the record; the client gets the code.
+        message = f"{spec.slug} failed mid-stream ({code}); the text before this event is all there is."
+        error = {"error": {"code": code, "message": message, "request_id": record.request_id}}
         yield f"data: {json.dumps(error)}\n\n".encode()
         yield b"data: [DONE]\n\n"
     finally:
         if charge is not None:
             charge.true_up(tokens_used(record))
+
+
+def _close_unfinished(held: Hold, record: InferenceRecord, *, spec: Any, summary: Summary, streamed: list[str],
+                      code: str, message: str) -> None:
+    """Close the record of a stream that ended without its answer (the client left, the model failed).
+    Text a provider had already written is charged, with usage estimated from it: the provider bills those
+    tokens whatever became of the stream. A local model's unfinished stream costs nothing."""
+    if streamed and not spec.is_local:
+        cut = _cut_short(summary, "".join(streamed))
+        cost = actual_cost(spec, summary, compute_ms=0.0, tokens_in=cut.tokens_in, tokens_out=cut.tokens_out)
+        charge_failed(held, record=record, cost=cost, tokens_in=float(cut.tokens_in), tokens_out=float(cut.tokens_out),
+                      status=InferenceRecord.Status.ERROR, code=code,
+                      message=f"{message} Charged for the text streamed until then (estimated usage).")
+    else:
+        release(held, record=record, status=InferenceRecord.Status.ERROR, code=code, message=message)
 
 
 def _estimated_tokens(text: str) -> int:

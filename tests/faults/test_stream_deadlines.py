@@ -183,5 +183,31 @@ def test_a_provider_that_goes_silent_mid_stream_is_bounded_by_the_deadline_not_i
     assert (error["code"], error["request_id"]) == ("provider_timeout", "deadline-silent")
     [record] = records("deadline-silent")
     assert (record.status, record.error_code) == ("error", "provider_timeout")
+    assert_charged_for_what_was_streamed(record, content, budget)
+
+
+def assert_charged_for_what_was_streamed(record: InferenceRecord, content: bytes, budget: Budget) -> None:
+    text = streamed_text(chunks_of(content)[:-1])  # the last event is the error
+    assert text and record.units_out == math.ceil(len(text) / 4) and record.cost > 0
     budget.refresh_from_db()
-    assert budget.reserved == 0
+    assert budget.reserved == 0 and budget.spent == record.cost
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_provider_error_after_text_was_streamed_ends_the_stream_and_charges_that_text(
+        api, alice, budget, fake_providers, kind):
+    premium("chat-fake", "generation", fake_providers, kind=kind, options={"max_retries": 0})
+    fake_providers.reply(words_reply(20))
+    fake_providers.stream_error()  # half the events, then an error event (overloaded)
+
+    response = post(api, "/v1/chat/completions", {"messages": FRANCE, "model": "chat-fake", "max_tokens": 100, "stream": True},
+                    alice, HTTP_X_REQUEST_ID=f"midstream-error-{kind}")
+    content = b"".join(response.streaming_content)
+
+    error = chunks_of(content)[-1]["error"]
+    assert (error["code"], error["request_id"]) == ("provider_unavailable", f"midstream-error-{kind}")
+    assert "chat-fake failed mid-stream" in error["message"] and "verloaded" not in error["message"]
+    [record] = records(f"midstream-error-{kind}")
+    assert (record.status, record.error_code) == ("error", "provider_unavailable")
+    assert "verloaded" in record.error_message  # the provider's own words are kept for operators
+    assert_charged_for_what_was_streamed(record, content, budget)
