@@ -24,6 +24,7 @@ from billing.ratelimits import take_tokens
 from billing.services import Hold, Refusal, budget_of
 from registry.models import ModelSpec
 from registry.services import ensure_prepared, get_pool
+from core.metrics import observe_served_below_floor
 from core.recent import configuration
 from routing import quality, shadow
 from routing.attempts import Outcome, admit, complete, hold_and_admit, refuse, release, settle, tokens_used
@@ -290,6 +291,7 @@ def _served_below_floor(walk: Walk, *, pending: list[int], escalated_local: dict
     record.status = InferenceRecord.Status.OK
     record.routing_reason += f"; served below the floor: every escalation failed ({walk.last_error or 'no candidate left'})"
     InferenceRecord.objects.filter(pk=record.pk).update(status=record.status, routing_reason=record.routing_reason)
+    observe_served_below_floor(record)
     logger.warning("escalation failed; local answer served", extra={"model": record.model_slug, "items": len(pending)})
     return Routed(values=answers, record=record, spec=local_specs[record.pk], attempts=walk.attempts, item_models=item_models)
 

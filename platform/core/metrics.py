@@ -43,6 +43,14 @@ INFERENCE_REQUESTS = Counter(
     ["task", "model", "tier", "status", "purpose"],
     registry=REGISTRY,
 )
+SERVED_BELOW_FLOOR = Counter(
+    "modelgate_served_below_floor",
+    "Requests answered by a local model below its confidence floor because every escalation failed. The "
+    "local attempt was counted in modelgate_inference_requests when it escalated (status escalated when "
+    "all its items did); its record says ok once its answer is served.",
+    ["task", "model"],
+    registry=REGISTRY,
+)
 INFERENCE_LATENCY = Histogram(
     "modelgate_inference_latency_seconds",
     "Wall time of an inference attempt, from its admission to its completion (queue and compute included).",
@@ -98,6 +106,14 @@ def observe_attempt(record: Any) -> None:
         if cost > 0:
             INFERENCE_COST.labels(record.model_slug, record.tier).inc(cost)
             TENANT_COST.labels(tenant_slug(record)).inc(cost)
+    except Exception:
+        logger.exception("inference not counted in the metrics", extra={"record": str(record.pk)})
+
+
+def observe_served_below_floor(record: Any) -> None:
+    """Count a local answer served below the floor after its escalation failed. Never raises."""
+    try:
+        SERVED_BELOW_FLOOR.labels(record.task, record.model_slug).inc()
     except Exception:
         logger.exception("inference not counted in the metrics", extra={"record": str(record.pk)})
 

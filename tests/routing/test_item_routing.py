@@ -152,6 +152,13 @@ def test_a_cached_split_answer_still_says_who_answered_each_item(api, alice, spl
 def test_when_the_escalation_fails_the_local_answers_under_the_floor_serve_and_the_record_says_so(
     api, alice, split_policy, fake_providers
 ):
+    from core.metrics import REGISTRY
+
+    def served_below_floor() -> float:
+        labels = {"task": "classification", "model": "zero-shot-minilm"}
+        return REGISTRY.get_sample_value("modelgate_served_below_floor_total", labels) or 0.0
+
+    before = served_below_floor()
     fake_providers.status(400, times=10)  # a client error: not retried, the premium attempt fails at once
     response = post(api, "/v1/classify", {"texts": TEXTS, "labels": LABELS}, alice, HTTP_X_REQUEST_ID="split-0006")
     assert response.status_code == 200, response.content
@@ -162,6 +169,7 @@ def test_when_the_escalation_fails_the_local_answers_under_the_floor_serve_and_t
     assert "served below the floor: every escalation failed" in local.routing_reason
     assert (escalation.status, escalation.cost) == ("error", 0)
     assert Decimal(body["cost"]) == local.cost  # nothing charged for the failed premium attempt
+    assert served_below_floor() == before + 1  # operators see it in /metrics too
 
 
 def test_an_answer_that_failed_validation_is_never_served_when_the_escalation_fails(
