@@ -15,12 +15,15 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+
+from core.processes import alive
 
 logger = logging.getLogger("modelgate.metrics")
 
@@ -180,12 +183,22 @@ def add_recorded(registry: CollectorRegistry) -> None:
 _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
 
 
+def fresh_multiproc_dir(default: Path) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR for a start of the whole node (the operator's, else `default`), emptied:
+    the files of a previous start's processes would otherwise be summed into this one's counts."""
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or default)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return path
+
+
 def sweep_dead_processes(path: str) -> None:
     """Forget the live gauges (breaker states) of processes that ended without gunicorn's child_exit
     (a killed worker, a task-cluster worker that was recycled): their states are no one's any more.
     Counters and histograms of ended processes stay: what they counted happened."""
     for pid in _pids(glob.glob(os.path.join(path, "gauge_live*_*.db"))):
-        if not _alive(pid):
+        if not alive(pid):
             multiprocess.mark_process_dead(pid, path)
 
 
@@ -196,13 +209,3 @@ def _pids(files: Iterable[str]) -> Iterator[int]:
         if match and int(match[1]) not in seen:
             seen.add(int(match[1]))
             yield int(match[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -25,6 +25,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from config.db import stop_embedded
+from core.metrics import fresh_multiproc_dir
+from core.processes import alive
 
 READY_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 40
@@ -36,32 +38,12 @@ def _pidfile() -> Path:
     return settings.DATA_DIR / "serve.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _running_supervisor() -> int | None:
     try:
         pid = int(_pidfile().read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if pid != os.getpid() and _alive(pid) else None
-
-
-def _fresh_metrics_dir() -> Path:
-    """PROMETHEUS_MULTIPROC_DIR for this start (the operator's, else DATA_DIR/metrics), emptied: the files
-    of a previous start's processes would otherwise be summed into this one's counts."""
-    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.DATA_DIR / "metrics")
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink(missing_ok=True)
-    return path
+    return pid if pid != os.getpid() and alive(pid) else None
 
 
 class Command(BaseCommand):
@@ -93,7 +75,7 @@ class Command(BaseCommand):
         connections.close_all()
 
         _pidfile().write_text(str(os.getpid()))
-        self.metrics_dir = _fresh_metrics_dir()
+        self.metrics_dir = fresh_multiproc_dir(settings.DATA_DIR / "metrics")
         stopping: list[int] = []
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda number, frame: stopping.append(number))
@@ -228,7 +210,7 @@ class Command(BaseCommand):
         if pid:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT_SECONDS + 20
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
             self.stdout.write(f"Stopped Modelgate (pid {pid}).")
         if settings.DATABASE_CHOICE.embedded:
