@@ -10,28 +10,7 @@ from datetime import timedelta
 
 from harness import Table
 
-ROWS, SPREAD_SECONDS, REPEATS = 1_000_000, 2.5, 5
-
-INSERT = """
-INSERT INTO routing_inferencerecord (
-    id, request_id, tenant_id, task, model_id, model_slug, tier, status, created_at, completed_at,
-    input_digest, input_preview, input_text, output_preview, items, unit, units_in, units_out,
-    queue_ms, compute_ms, latency_ms, reserved_cost, cost, confidence, score, floor, routing_reason,
-    escalation_cause, items_escalated, purpose, cached, error_code, error_message, feedback_comment
-)
-SELECT lpad(to_hex(g), 32, '0')::uuid, 'bench-' || g, CASE WHEN g %% 4 = 0 THEN %(second)s ELSE %(first)s END,
-       'language_id', CASE WHEN g %% 10 = 0 THEN %(premium)s ELSE %(local)s END,
-       CASE WHEN g %% 10 = 0 THEN 'bench-premium' ELSE 'bench-local' END,
-       CASE WHEN g %% 10 = 0 THEN 'premium' ELSE 'local' END,
-       CASE WHEN g %% 50 = 0 THEN 'error' WHEN g %% 10 = 3 THEN 'escalated' ELSE 'ok' END,
-       now() - make_interval(secs => g * %(spread)s), now() - make_interval(secs => g * %(spread)s) + interval '20 ms',
-       '', 'text', '', 'en', 1, 'characters', 40, 0,
-       (g %% 7)::float, 5 + (g %% 97)::float, 6 + (g %% 997)::float, 0.00002,
-       CASE WHEN g %% 10 = 0 THEN 0.002 ELSE 0.00001 END, (g %% 100) / 100.0, (g %% 100) / 100.0, 0.5, 'bench',
-       CASE WHEN g %% 10 = 3 THEN 'low_confidence' ELSE '' END, 0, 'answer', g %% 20 = 0,
-       CASE WHEN g %% 50 = 0 THEN 'model_error' ELSE '' END, '', ''
-FROM generate_series(1, %(rows)s) AS g
-"""
+REPEATS = 5
 
 
 def run() -> Table:
@@ -41,22 +20,11 @@ def run() -> Table:
     from django.test.utils import CaptureQueriesContext
 
     from billing.usage import rollup, today
-    from registry.models import ModelSpec
     from routing.models import InferenceRecord
-    from tenants.models import Tenant
+    from tests.console.scale import ROWS, load_records
 
-    first = Tenant.objects.create(slug="bench-one", name="Bench One")
-    second = Tenant.objects.create(slug="bench-two", name="Bench Two")
-    local = ModelSpec.objects.create(slug="bench-local", display_name="local", task="language_id", backend="fasttext",
-                                     source_kind="package", source="x/y", tier="local")
-    premium = ModelSpec.objects.create(slug="bench-premium", display_name="premium", task="language_id",
-                                       backend="openai", source_kind="provider", source="gpt-x", tier="premium")
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute(INSERT, {"first": first.pk, "second": second.pk, "local": local.pk, "premium": premium.pk,
-                                "spread": SPREAD_SECONDS, "rows": ROWS})
-        cursor.execute("ANALYZE routing_inferencerecord")
-    inserted = time.perf_counter() - started
+    loaded = load_records("bench")
+    second, inserted = loaded.second, loaded.seconds
     started = time.perf_counter()
     rollup(today() - timedelta(days=30), today())
     rolled = time.perf_counter() - started
@@ -97,7 +65,7 @@ def run() -> Table:
         rows=rows,
         notes=[
             f"{ROWS:,} records over ~29 days (two tenants, a local and a premium model) written in {inserted:.1f} s "
-            f"with one INSERT … SELECT over generate_series, rolled up in {rolled:.1f} s; median of {REPEATS} loads "
+            f"with one INSERT … SELECT over generate_series (indexes rebuilt afterwards), rolled up in {rolled:.1f} s; median of {REPEATS} loads "
             "through Django's test client (templates rendered, no network).",
             "The dashboard's days and totals come from the rollups; its hours and latency percentiles from the records "
             "of the range (percentile_cont over an index range): the 30-day percentiles are most of its time.",

@@ -18,86 +18,26 @@ from registry.models import ModelSpec
 from routing.models import InferenceRecord
 from tenants.models import Tenant
 from tests.console.conftest import DASHBOARD, RECORDS
-
-ROWS = 1_000_000
-SPREAD_SECONDS = 2.5  # one record every 2.5 s: a million cover about 29 days
-
-INSERT = """
-INSERT INTO routing_inferencerecord (
-    id, request_id, tenant_id, task, model_id, model_slug, tier, status, created_at, completed_at,
-    input_digest, input_preview, input_text, output_preview, items, unit, units_in, units_out,
-    queue_ms, compute_ms, latency_ms, reserved_cost, cost, confidence, score, floor, routing_reason,
-    escalation_cause, items_escalated, purpose, cached, error_code, error_message, feedback_comment
-)
-SELECT lpad(to_hex(g), 32, '0')::uuid, 'scale-' || g, CASE WHEN g %% 4 = 0 THEN %(second)s ELSE %(first)s END, 'language_id',
-       CASE WHEN g %% 10 = 0 THEN %(premium)s ELSE %(local)s END,
-       CASE WHEN g %% 10 = 0 THEN 'scale-premium' ELSE 'scale-local' END,
-       CASE WHEN g %% 10 = 0 THEN 'premium' ELSE 'local' END,
-       CASE WHEN g %% 50 = 0 THEN 'error' WHEN g %% 10 = 3 THEN 'escalated' ELSE 'ok' END,
-       now() - make_interval(secs => g * %(spread)s), now() - make_interval(secs => g * %(spread)s) + interval '20 ms',
-       '', 'text', '', 'en', 1, 'characters', 40, 0,
-       (g %% 7)::float, 5 + (g %% 97)::float, 6 + (g %% 997)::float, 0.00002, CASE WHEN g %% 10 = 0 THEN 0.002 ELSE 0.00001 END,
-       (g %% 100) / 100.0, (g %% 100) / 100.0, 0.5, 'scale',
-       CASE WHEN g %% 10 = 3 THEN 'low_confidence' ELSE '' END, 0, 'answer', g %% 20 = 0,
-       CASE WHEN g %% 50 = 0 THEN 'model_error' ELSE '' END, '', ''
-FROM generate_series(1, %(rows)s) AS g
-"""
-
+from tests.console.scale import ROWS, SPREAD_SECONDS, load_records
 
 @pytest.fixture(scope="module")
 def million(django_db_setup, django_db_blocker):
     """A million committed records of two tenants and two models over ~29 days, rolled up; removed afterwards."""
     with django_db_blocker.unblock():
-        first = Tenant.objects.create(slug="scale-one", name="Scale One")
-        second = Tenant.objects.create(slug="scale-two", name="Scale Two")
-        local = ModelSpec.objects.create(slug="scale-local", display_name="local", task="language_id", backend="fasttext",
-                                         source_kind="package", source="x/y", tier="local")
-        premium = ModelSpec.objects.create(slug="scale-premium", display_name="premium", task="language_id",
-                                           backend="openai", source_kind="provider", source="gpt-x", tier="premium")
-        started = time.perf_counter()
-        with connection.cursor() as cursor:
-            # A bulk load is quicker with the secondary indexes built once afterwards than maintained row by row;
-            # they are rebuilt from their own definitions, so the queries below meet the real schema.
-            cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'routing_inferencerecord' "
-                           "AND indexname <> 'routing_inferencerecord_pkey'")
-            indexes = cursor.fetchall()
-            for name, _ in indexes:
-                cursor.execute(f'DROP INDEX "{name}"')
-            # The rows are right by construction: skip a foreign-key check per row and key (superusers only,
-            # as the embedded server's is; elsewhere the checks simply run).
-            replica = _try(cursor, "SET session_replication_role = replica")
-            cursor.execute(INSERT, {"first": first.pk, "second": second.pk, "local": local.pk, "premium": premium.pk,
-                                    "spread": SPREAD_SECONDS, "rows": ROWS})
-            loaded = time.perf_counter() - started
-            if replica:
-                cursor.execute("SET session_replication_role = origin")
-            for _, definition in indexes:
-                cursor.execute(definition)
-            cursor.execute("ANALYZE routing_inferencerecord")
-        inserted = time.perf_counter() - started
+        loaded = load_records("scale")
         started = time.perf_counter()
         rollup(today() - timedelta(days=30), today())
         rolled = time.perf_counter() - started
-        print(f"\n{ROWS:,} records inserted in {inserted:.1f} s ({loaded:.1f} s the rows, the rest {len(indexes)} "
-              f"indexes and ANALYZE), rolled up in {rolled:.1f} s")
+        print(f"\n{ROWS:,} records inserted in {loaded.seconds:.1f} s ({loaded.rows_seconds:.1f} s the rows, the rest "
+              f"{loaded.indexes} indexes and ANALYZE), rolled up in {rolled:.1f} s")
         try:
-            yield {"first": first, "second": second}
+            yield {"first": loaded.first, "second": loaded.second}
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("TRUNCATE routing_inferencerecord CASCADE")
-            UsageDaily.objects.filter(tenant__in=[first, second]).delete()
-            Tenant.objects.filter(pk__in=[first.pk, second.pk]).delete()
-            ModelSpec.objects.filter(pk__in=[local.pk, premium.pk]).delete()
-
-
-def _try(cursor, statement: str) -> bool:
-    from django.db import DatabaseError
-
-    try:
-        cursor.execute(statement)
-    except DatabaseError:
-        return False
-    return True
+            UsageDaily.objects.filter(tenant__in=[loaded.first, loaded.second]).delete()
+            Tenant.objects.filter(pk__in=[loaded.first.pk, loaded.second.pk]).delete()
+            ModelSpec.objects.filter(pk__in=[loaded.local.pk, loaded.premium.pk]).delete()
 
 
 def pinned(client, url: str, limit: int, **query: object):
