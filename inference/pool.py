@@ -339,6 +339,10 @@ class ModelPool:
     def is_loaded(self, slug: str) -> bool:
         return slug in self._models
 
+    def idle(self) -> bool:
+        """True when no loaded model is running or has work waiting."""
+        return all(model.idle for model in list(self._models.values()))
+
     def used_memory_mb(self) -> float:
         with self._lock:
             return sum(self._stats[slug].memory_mb for slug in self._models)

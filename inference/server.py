@@ -23,11 +23,13 @@ from urllib.parse import urlsplit
 
 from inference import wire
 from inference.errors import InferenceError, InferenceTimeout, InvalidInput, ModelServerUnavailable
+from inference.memory import HeapTrimmer
 from inference.pool import ModelPool
 
 logger = logging.getLogger("modelgate.modelserver")
 
 POLL_SECONDS = 0.05  # how often a waiting request looks whether its client is still there
+WORK_OPERATIONS = {"infer", "stream", "load", "probe", "preload", "unload"}  # operations that allocate and free model buffers
 
 
 class Address:
@@ -72,10 +74,15 @@ class Address:
 
 
 class ModelServer:
-    """Serves `pool` at `address` until shutdown(). `secret` is required for TCP."""
+    """Serves `pool` at `address` until shutdown(). `secret` is required for TCP. `trim_seconds` > 0 hands
+    the heap's free pages back to the system after inference work (inference.memory.HeapTrimmer);
+    `heap` is the allocator settings the process runs with (inference.memory), reported by ping."""
 
-    def __init__(self, pool: ModelPool, *, address: str, secret: str | None = None):
+    def __init__(self, pool: ModelPool, *, address: str, secret: str | None = None, trim_seconds: float = 0.0,
+                 heap: dict[str, Any] | None = None):
         self.pool = pool
+        self.trimmer = HeapTrimmer(trim_seconds, idle=pool.idle)
+        self.heap = dict(heap or {})
         self.address = Address(address)
         if self.address.kind == "tcp" and not secret:
             raise ValueError("A model server on TCP needs a shared secret (MODELGATE_MODEL_SERVER_SECRET).")
@@ -112,6 +119,7 @@ class ModelServer:
     def serve_forever(self) -> None:
         logger.info("model server listening", extra={"address": self.bound, "pid": os.getpid()})
         self._serving = True
+        self.trimmer.start()
         self._server.serve_forever(poll_interval=0.2)
 
     def start(self) -> threading.Thread:
@@ -124,6 +132,7 @@ class ModelServer:
         if self._serving:
             self._server.shutdown()  # waits for serve_forever to return: only when it ran
         self._server.server_close()
+        self.trimmer.stop()
         with self._connections_lock:
             for sock in self._connections:
                 try:
@@ -136,6 +145,13 @@ class ModelServer:
     # --- operations --------------------------------------------------------------------------
     def handle(self, request: dict[str, Any], sock: socket.socket) -> dict[str, Any] | None:
         op = request.get("op")
+        try:
+            return self._operation(op, request, sock)
+        finally:
+            if op in WORK_OPERATIONS:
+                self.trimmer.note_work()  # its buffers are freed now: the heap may have pages to give back
+
+    def _operation(self, op: Any, request: dict[str, Any], sock: socket.socket) -> dict[str, Any] | None:
         if op == "infer":
             return self._infer(request, sock)
         if op == "stream":
@@ -143,7 +159,8 @@ class ModelServer:
             return None  # the stream wrote its own frames
         if op == "ping":
             return {"ok": True, "pid": os.getpid(), "uptime": time.time() - self.started, "loaded": self.pool.loaded(),
-                    "used_memory_mb": self.pool.used_memory_mb(), "memory_budget_mb": self.pool.memory_budget_mb}
+                    "used_memory_mb": self.pool.used_memory_mb(), "memory_budget_mb": self.pool.memory_budget_mb,
+                    "heap": {**self.heap, **self.trimmer.stats()}}
         if op == "stats":
             return {"ok": True, "stats": self.pool.stats(request.get("slug"))}
         if op == "load":

@@ -239,6 +239,14 @@ for _address in MODELGATE_MODEL_SERVERS:
         raise ImproperlyConfigured(f"MODELGATE_MODEL_SERVERS items are unix:///path or tcp://host:port; got {_address!r}.")
 MODELGATE_MODEL_SERVER_SECRET = env_str("MODELGATE_MODEL_SERVER_SECRET") or None
 MODELGATE_MODEL_SERVER_SOCKET = env_path("MODELGATE_MODEL_SERVER_SOCKET", DATA_DIR / "modelserver.sock")
+# The model server's native heap (glibc only; inference/memory.py says why): buffers from this many KiB
+# up mapped on their own and returned when freed (0: glibc's moving threshold), malloc arenas it may use
+# (0: glibc's 8 per core), and how often, in seconds, it hands freed pages back after inference work
+# (0: never). An operator's MALLOC_MMAP_THRESHOLD_ / MALLOC_ARENA_MAX win. Without them the model
+# server's RSS climbs with every new input shape.
+MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB = env_int("MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB", 128, min_value=0, max_value=32768)
+MODELGATE_MODEL_MALLOC_ARENA_MAX = env_int("MODELGATE_MODEL_MALLOC_ARENA_MAX", 2, min_value=0, max_value=1024)
+MODELGATE_MODEL_TRIM_SECONDS = env_float("MODELGATE_MODEL_TRIM_SECONDS", 10.0, min_value=0.0, max_value=3600.0)
 # Convert/assemble starter weights in the background at start, rather than on their first request.
 MODELGATE_PREPARE_MODELS_ON_START = env_bool("MODELGATE_PREPARE_MODELS_ON_START", True)
 

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from inference.memory import fix_mmap_threshold, limit_arenas
 from inference.pool import ModelPool
 from inference.server import ModelServer
 
@@ -23,9 +24,13 @@ class Command(BaseCommand):
         parser.add_argument("--memory-mb", type=int, default=settings.MODELGATE_MODEL_MEMORY_MB)
 
     def handle(self, *args: Any, address: str, memory_mb: int, **options: Any) -> None:
+        # First, before the models' threads allocate: arenas made before the cap would stay.
+        heap = {"arena_max": limit_arenas(settings.MODELGATE_MODEL_MALLOC_ARENA_MAX),
+                "mmap_threshold_kb": fix_mmap_threshold(settings.MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB)}
         pool = ModelPool(memory_budget_mb=memory_mb, batching=settings.MODELGATE_BATCHING)
         try:
-            server = ModelServer(pool, address=address, secret=settings.MODELGATE_MODEL_SERVER_SECRET)
+            server = ModelServer(pool, address=address, secret=settings.MODELGATE_MODEL_SERVER_SECRET,
+                                 trim_seconds=settings.MODELGATE_MODEL_TRIM_SECONDS, heap=heap)
         except (ValueError, OSError) as exc:
             raise CommandError(str(exc)) from None
         stop = threading.Event()
