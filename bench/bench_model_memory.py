@@ -61,9 +61,12 @@ VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("2 arenas, trim every 10 s", {**GLIBC, "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
     ("mmap threshold 1 MiB, 2 arenas, trim every 10 s", {"MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB": "1024",
                                                          "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
-    ("mmap threshold 128 KiB, 2 arenas, trim every 10 s (the defaults)", {"MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB": "128",
-                                                           "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
+    ("mmap threshold 128 KiB, 2 arenas, trim every 10 s (the defaults)",
+     {"MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB": "128", "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
 ]
+# MODELGATE_BENCH_MODELMEM_WARMUP=1 compares the first and last configurations with and without a warm-up at
+# the largest shapes the text models take (a full batch at the longest sequence) right after loading.
+WARMUP = os.environ.get(ENV_PREFIX + "WARMUP", "") == "1"
 LABELS = ("programming", "money", "food", "health", "weather")
 
 
@@ -114,6 +117,7 @@ def _calls(rng: random.Random, texts: list[str], configs: dict[str, Any]) -> lis
 class Server:
     label: str
     env: dict[str, str]
+    warm: bool
     process: subprocess.Popen[bytes]
     pool: Any  # RemotePool
     loaded: float = 0.0
@@ -121,7 +125,7 @@ class Server:
     errors: list[str] = field(default_factory=list)
 
 
-def _start(label: str, settings: dict[str, str], workdir: Path, index: int) -> Server:
+def _start(label: str, settings: dict[str, str], warm: bool, workdir: Path, index: int) -> Server:
     from inference.client import RemotePool
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}  # the variant decides
@@ -130,10 +134,10 @@ def _start(label: str, settings: dict[str, str], workdir: Path, index: int) -> S
     with (workdir / f"variant-{index}.log").open("wb") as out:
         process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "modelserver", "--address", address],
                                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return Server(label=label, env=settings, process=process, pool=RemotePool(address))
+    return Server(label=label, env=settings, warm=warm, process=process, pool=RemotePool(address))
 
 
-def _ready(server: Server, configs: dict[str, Any]) -> None:
+def _ready(server: Server, configs: dict[str, Any], texts: list[str]) -> None:
     from inference.errors import ModelServerUnavailable
 
     deadline = time.monotonic() + READY_SECONDS
@@ -147,6 +151,13 @@ def _ready(server: Server, configs: dict[str, Any]) -> None:
             time.sleep(0.2)
     for config in configs.values():
         server.pool.load(config)
+    if server.warm:
+        from inference.payloads import RerankInput
+
+        longest = [" ".join(texts[i:i + 12]) for i in range(0, 12 * 32, 12)]  # each past 256 and 512 tokens
+        embeddings, rerank = configs["embeddings"], configs["rerank"]
+        server.pool.infer_many(embeddings, longest[:embeddings.max_batch_size], timeout=TIMEOUT_SECONDS)
+        server.pool.infer_many(rerank, [RerankInput(query=longest[0], documents=tuple(longest[:8]))], timeout=TIMEOUT_SECONDS)
 
 
 def _round(server: Server, number: int, texts: list[str], configs: dict[str, Any]) -> None:
@@ -201,11 +212,15 @@ def _stop(server: Server) -> None:
 def _probe(workdir: Path, texts: list[str], configs: dict[str, Any]) -> list[Outcome]:
     """Every variant's server up at once, idle but for its own turn: each round runs against one server
     after the other, in an order that rotates, so that other work on the machine falls on all alike."""
+    variants = [(label, settings, False) for label, settings in VARIANTS]
+    if WARMUP:
+        variants = [(label + suffix, settings, warm) for label, settings in (VARIANTS[0], VARIANTS[-1])
+                    for suffix, warm in (("", False), (", warm-up at the largest shapes", True))]
     servers: list[Server] = []
     try:
-        for index, (label, settings) in enumerate(VARIANTS):
-            servers.append(_start(label, settings, workdir, index))
-            _ready(servers[-1], configs)  # one load at a time: loads are CPU-bound
+        for index, (label, settings, warm) in enumerate(variants):
+            servers.append(_start(label, settings, warm, workdir, index))
+            _ready(servers[-1], configs, texts)  # one load at a time: loads are CPU-bound
         time.sleep(SETTLE_SECONDS)
         for server in servers:
             server.loaded = psutil.Process(server.process.pid).memory_info().rss / 2**20
@@ -245,13 +260,19 @@ def run() -> Table:
                 configs[role] = spec.to_config()
             outcomes = _probe(workdir, texts, configs)
         finally:
-            ModelSpec.objects.filter(slug__in=[TOPICS_SLUG, RERANK_SLUG]).update(enabled=False)
+            # Gone with their directory; the soak (after this one in `make bench`) registers them afresh.
+            ModelSpec.objects.filter(slug__in=[TOPICS_SLUG, RERANK_SLUG]).delete()
             settings.MODELGATE_MODEL_ROOTS = roots[1]
             if roots[0] is None:
                 os.environ.pop("MODELGATE_MODEL_ROOTS", None)
             else:
                 os.environ["MODELGATE_MODEL_ROOTS"] = roots[0]
     return _table(outcomes, runtime=time.perf_counter() - started)
+
+
+def _versus(mb: float, base_mb: float) -> str:
+    """A growth in MB and its ratio to the first configuration's (when that grew at all)."""
+    return f"{mb:+,.0f} MB (×{mb / base_mb:.2f})" if base_mb > 0 else f"{mb:+,.0f} MB"
 
 
 def _table(outcomes: list[Outcome], *, runtime: float) -> Table:
@@ -277,8 +298,8 @@ def _table(outcomes: list[Outcome], *, runtime: float) -> Table:
             f"{outcome.loaded:,.0f}",
             ", ".join(f"{during(outcome, i):,.0f}" for i in range(len(outcome.rounds))),
             ", ".join(f"{r.after:,.0f}" for r in outcome.rounds),
-            f"{growth(outcome):+,.0f} MB (×{growth(outcome) / growth(base):.2f})" if growth(base) > 0 else f"{growth(outcome):+,.0f} MB",
-            f"{during(outcome, -1) - outcome.loaded:+,.0f} MB (×{(during(outcome, -1) - outcome.loaded) / (during(base, -1) - base.loaded):.2f})",
+            _versus(growth(outcome), growth(base)),
+            _versus(during(outcome, -1) - outcome.loaded, during(base, -1) - base.loaded),
             f"{p50(outcome):,.0f} (×{p50(outcome) / p50(base):.2f})",
             f"{cpu(outcome):,.1f} (×{cpu(outcome) / cpu(base):.2f})",
             f"{trims}: mean {outcome.heap.get('trim_ms_mean')} ms, max {outcome.heap.get('trim_ms_max')} ms" if trims else "—",
