@@ -59,10 +59,10 @@ GLIBC = {"MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB": "0", "MODELGATE_MODEL_MALLO
 VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("glibc defaults (moving mmap threshold, 8 arenas per core, no trim)", GLIBC),
     ("2 arenas, trim every 10 s", {**GLIBC, "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
-    ("mmap threshold 1 MiB, 2 arenas, trim every 10 s", {"MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB": "1024",
-                                                         "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
-    ("mmap threshold 128 KiB, 2 arenas, trim every 10 s (the defaults)",
+    ("mmap threshold 128 KiB, 2 arenas, trim every 10 s",
      {"MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB": "128", "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
+    ("mmap threshold 1 MiB, 2 arenas, trim every 10 s (the defaults)",
+     {"MODELGATE_MODEL_MALLOC_MMAP_THRESHOLD_KB": "1024", "MODELGATE_MODEL_MALLOC_ARENA_MAX": "2", "MODELGATE_MODEL_TRIM_SECONDS": "10"}),
 ]
 # MODELGATE_BENCH_MODELMEM_WARMUP=1 compares the first and last configurations with and without a warm-up at
 # the largest shapes the text models take (a full batch at the longest sequence) right after loading.

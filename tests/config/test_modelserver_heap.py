@@ -46,7 +46,7 @@ def heap_of_a_model_server(tmp_path, **env: str) -> dict[str, Any]:
 def test_the_model_server_caps_its_arenas_and_trims_by_default(tmp_path):
     heap = heap_of_a_model_server(tmp_path)
 
-    assert heap["mmap_threshold_kb"] == 128
+    assert heap["mmap_threshold_kb"] == 1024
     assert heap["arena_max"] == 2
     assert heap["trim_seconds"] == 10.0
 
