@@ -3,6 +3,7 @@ and a budget whose holds and charges the tests read back."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -76,3 +77,13 @@ def budget(tenant_a) -> Budget:
 
 def words_reply(count: int) -> str:
     return " ".join(f"word{i}" for i in range(count))
+
+
+def wait_until(check, seconds: float = 30.0) -> bool:
+    """Poll `check` until it holds or `seconds` pass (a bounded wait for another process or thread)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()

@@ -7,7 +7,6 @@ retrying can fix)."""
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import pytest
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from tests.billing.servers import Reply
-from tests.faults.conftest import TricklingProviderServer, words_reply
+from tests.faults.conftest import TricklingProviderServer, wait_until, words_reply
 from tests.faults.servers import Modelgate, OwnPostgres, reap_everything, records_and_budget, set_up_tenant
 
 OUTAGE_SECONDS = 4.0
@@ -36,15 +36,6 @@ def database(provider) -> Iterator[OwnPostgres]:
         yield own
     finally:
         own.close()
-
-
-def wait_until(check, seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def test_a_database_outage_is_a_503_to_retry_and_modelgate_recovers_without_a_restart(database, provider):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -17,7 +16,7 @@ from billing.models import Budget
 from routing import streaming
 from routing.models import InferenceRecord
 from routing.tasks import reap_abandoned
-from tests.faults.conftest import words_reply
+from tests.faults.conftest import wait_until, words_reply
 from tests.routing.conftest import post, records
 from tests.routing.test_chat_completions import FRANCE
 from tests.routing.test_premium_routing import premium
@@ -33,15 +32,6 @@ def chunks_of(content: bytes) -> list[dict]:
 
 def streamed_text(chunks: list[dict]) -> str:
     return "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks if chunk["choices"])
-
-
-def wait_until(check, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
